@@ -1,0 +1,147 @@
+"""The encoder's configuration, checked before anything is built or compiled.
+
+`ModelConfig` is a frozen dataclass so a model's shape is hashable and comparable (the training
+code compares a workdir's saved config with the requested one). Every check raises a
+`ConfigError` naming the field as users write it in a config file (`config.model.<field>`) and
+saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+ATTENTION_KINDS = ("linformer", "full")
+SHARING_MODES = ("none", "headwise", "kv", "layerwise")
+PROJECTIONS = ("learned", "random", "mean_pool", "max_pool", "conv")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """A configuration value that cannot work; the message names the field and the fix."""
+
+
+def _field_error(field: str, value: Any, problem: str, fix: str) -> ConfigError:
+  return ConfigError(f"config.model.{field}={value!r}: {problem}. Fix: {fix}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shape and behaviour of the encoder. Defaults are RoBERTa-base with Linformer k=128."""
+
+  vocab_size: int = 50265
+  max_len: int = 512  # n: the longest sequence the model accepts (position embeddings, E and F).
+  num_layers: int = 12
+  hidden_size: int = 768
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  attention: str = "linformer"  # linformer | full
+  # Projected length: one int for every layer, or one per layer (the paper's nonuniform k).
+  k: int | tuple[int, ...] = 128
+  sharing: str = "none"  # none | headwise | kv | layerwise
+  projection: str = "learned"  # learned | random | mean_pool | max_pool | conv
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  pre_ln: bool = False  # RoBERTa is post-LN; pre-LN adds a final LayerNorm.
+  layer_norm_eps: float = 1e-5
+  type_vocab_size: int = 0  # 0: no token-type embeddings (RoBERTa); 2 for BERT checkpoints.
+  gelu_approximate: bool = False  # RoBERTa and BERT use the exact (erf) GELU.
+  dtype: str = "float32"  # computation dtype; parameters are always float32.
+  remat: bool = False  # recompute each layer's activations in the backward pass.
+
+  def __post_init__(self):
+    if isinstance(self.k, Sequence) and not isinstance(self.k, str):
+      object.__setattr__(self, "k", tuple(int(v) for v in self.k))
+    self.validate()
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+    """Builds from a ConfigDict or dict; unknown keys are an error, not silently ignored."""
+    values = dict(values)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ConfigError(
+          f"config.model has unknown field(s) {unknown}. Known fields: {sorted(known)}."
+      )
+    return cls(**values)
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["k"] = list(self.k) if isinstance(self.k, tuple) else self.k
+    return d
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def layer_ks(self) -> tuple[int, ...]:
+    """k for each layer."""
+    if isinstance(self.k, tuple):
+      return self.k
+    return (self.k,) * self.num_layers
+
+  def validate(self) -> None:
+    for name in ("vocab_size", "max_len", "num_layers", "hidden_size", "num_heads", "mlp_dim"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise _field_error(name, value, "must be a positive integer", f"set {name} > 0")
+    if self.hidden_size % self.num_heads:
+      raise _field_error(
+          "hidden_size", self.hidden_size,
+          f"not divisible by num_heads={self.num_heads}",
+          "choose hidden_size a multiple of num_heads (e.g. 768 with 12 heads)",
+      )
+    if self.attention not in ATTENTION_KINDS:
+      raise _field_error("attention", self.attention, "unknown attention kind",
+                         f"use one of {ATTENTION_KINDS}")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+      value = getattr(self, name)
+      if not 0.0 <= value < 1.0:
+        raise _field_error(name, value, "must be in [0, 1)", "use e.g. 0.1, or 0.0 for none")
+    if self.dtype not in DTYPES:
+      raise _field_error("dtype", self.dtype, "unknown dtype", f"use one of {DTYPES}")
+    if self.type_vocab_size < 0:
+      raise _field_error("type_vocab_size", self.type_vocab_size, "must be >= 0",
+                         "use 0 (no token types) or 2 (BERT)")
+    if self.attention == "linformer":
+      self._validate_linformer()
+
+  def _validate_linformer(self) -> None:
+    if self.sharing not in SHARING_MODES:
+      raise _field_error("sharing", self.sharing, "unknown sharing mode",
+                         f"use one of {SHARING_MODES}")
+    if self.projection not in PROJECTIONS:
+      raise _field_error("projection", self.projection, "unknown projection kind",
+                         f"use one of {PROJECTIONS}")
+    if isinstance(self.k, tuple):
+      if len(self.k) != self.num_layers:
+        raise _field_error(
+            "k", self.k, f"has {len(self.k)} entries for num_layers={self.num_layers}",
+            "give one k per layer, or a single int for all layers",
+        )
+      if self.sharing == "layerwise" and len(set(self.k)) > 1:
+        raise _field_error(
+            "k", self.k, "layerwise sharing uses one matrix for every layer, so one k",
+            "use a single k with sharing='layerwise', or sharing='kv' for per-layer k",
+        )
+    elif not isinstance(self.k, int):
+      raise _field_error("k", self.k, "must be an int or a list of ints", "e.g. k=128")
+    for i, k in enumerate(self.layer_ks):
+      where = f"k[{i}]" if isinstance(self.k, tuple) else "k"
+      if k <= 0:
+        raise _field_error(where, k, "must be positive", "e.g. k=128")
+      if k > self.max_len:
+        raise _field_error(
+            where, k, f"is larger than the sequence length max_len={self.max_len}",
+            "use k <= max_len (k = n/4 is the paper's default)",
+        )
+      if self.projection in ("mean_pool", "max_pool", "conv") and self.max_len % k:
+        raise _field_error(
+            where, k,
+            f"{self.projection} uses kernel and stride max_len/k, but "
+            f"max_len={self.max_len} is not divisible by k",
+            "choose k dividing max_len (e.g. 512 with k in 64, 128, 256)",
+        )

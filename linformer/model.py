@@ -1,0 +1,167 @@
+"""A RoBERTa-style encoder with Linformer or full attention, and its task heads.
+
+Parameters are float32 and carry logical axis names (vocab, embed, mlp, heads, kv, seq_proj, ...)
+that `linformer.training.partitioning` maps onto a device mesh; computation runs in
+`cfg.dtype`. Dropout is explicit: callers pass `deterministic` and, when training, an
+`nnx.Rngs` with a `dropout` stream, so a jitted step can derive its randomness from (seed, step).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from linformer.attention import SelfAttention, SeqProjection, partitioned
+from linformer.config import ConfigError, ModelConfig
+
+_init = nnx.initializers.normal(0.02)  # BERT/RoBERTa's initializer range.
+
+
+def _dense(cfg, din, dout, names, rngs):
+  return nnx.Linear(din, dout, dtype=jnp.dtype(cfg.dtype), rngs=rngs,
+                    kernel_init=partitioned(_init, *names),
+                    bias_init=partitioned(nnx.initializers.zeros_init(), names[-1]))
+
+
+def _layer_norm(cfg, rngs):
+  return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),
+                       rngs=rngs,
+                       scale_init=partitioned(nnx.initializers.ones_init(), "embed"),
+                       bias_init=partitioned(nnx.initializers.zeros_init(), "embed"))
+
+
+def _gelu(cfg, x):
+  return jax.nn.gelu(x, approximate=cfg.gelu_approximate)
+
+
+class Embeddings(nnx.Module):
+  """Token + learned absolute position (+ optional token type) embeddings, LayerNorm, dropout."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dtype = jnp.dtype(cfg.dtype)
+    self.token = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs,
+                           embedding_init=partitioned(_init, "vocab", "embed"))
+    self.position = nnx.Embed(cfg.max_len, cfg.hidden_size, dtype=dtype, rngs=rngs,
+                              embedding_init=partitioned(_init, None, "embed"))
+    if cfg.type_vocab_size:
+      self.token_type = nnx.Embed(cfg.type_vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs,
+                                  embedding_init=partitioned(_init, None, "embed"))
+    self.norm = _layer_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
+
+  def __call__(self, input_ids, token_type_ids=None, *, deterministic=True, rngs=None):
+    n = input_ids.shape[1]
+    if n > self.cfg.max_len:
+      raise ValueError(
+          f"Input length {n} exceeds the model's maximum length config.model.max_len="
+          f"{self.cfg.max_len}. Truncate inputs (e.g. config.max_seq_len) or build the model "
+          "with a larger max_len."
+      )
+    x = self.token(input_ids) + self.position(jnp.arange(n))[None]
+    if self.cfg.type_vocab_size:
+      if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+      x = x + self.token_type(token_type_ids)
+    return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
+
+
+class EncoderLayer(nnx.Module):
+  """Attention and GELU MLP, each with residual, dropout and LayerNorm (post-LN or pre-LN)."""
+
+  def __init__(self, cfg: ModelConfig, layer: int, shared: SeqProjection | None, *,
+               rngs: nnx.Rngs):
+    self.pre_ln = cfg.pre_ln
+    self.cfg = cfg
+    self.attention = SelfAttention(cfg, layer, shared, rngs=rngs)
+    self.attention_norm = _layer_norm(cfg, rngs)
+    self.mlp_in = _dense(cfg, cfg.hidden_size, cfg.mlp_dim, ("embed", "mlp"), rngs)
+    self.mlp_out = _dense(cfg, cfg.mlp_dim, cfg.hidden_size, ("mlp", "embed"), rngs)
+    self.mlp_norm = _layer_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
+
+  def __call__(self, x, mask, *, deterministic=True, rngs=None):
+    drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
+    mlp = lambda y: self.mlp_out(drop(_gelu(self.cfg, self.mlp_in(y))))
+    attn = lambda y: self.attention(y, mask, deterministic=deterministic, rngs=rngs)
+    if self.pre_ln:
+      x = x + drop(attn(self.attention_norm(x)))
+      return x + drop(mlp(self.mlp_norm(x)))
+    x = self.attention_norm(x + drop(attn(x)))
+    return self.mlp_norm(x + drop(mlp(x)))
+
+
+class Encoder(nnx.Module):
+  """Embeddings and a stack of layers; returns hidden states (batch, n, hidden)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embeddings = Embeddings(cfg, rngs=rngs)
+    shared = None
+    if cfg.attention == "linformer" and cfg.sharing == "layerwise":
+      # One matrix for every layer, head, key and value; each layer refers to this module.
+      shared = SeqProjection(cfg.projection, cfg.max_len, cfg.layer_ks[0], None, rngs=rngs)
+    self.layers = nnx.List([EncoderLayer(cfg, i, shared, rngs=rngs)
+                            for i in range(cfg.num_layers)])
+    if cfg.pre_ln:
+      self.final_norm = _layer_norm(cfg, rngs)
+
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True,
+               rngs=None):
+    x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
+    for layer in self.layers:
+      if self.cfg.remat:
+        x = nnx.remat(lambda lyr, x, m, r: lyr(x, m, deterministic=deterministic, rngs=r))(
+            layer, x, attention_mask, rngs)
+      else:
+        x = layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
+    if self.cfg.pre_ln:
+      x = self.final_norm(x)
+    return x
+
+
+class MaskedLM(nnx.Module):
+  """Encoder + RoBERTa's MLM head (dense, GELU, LayerNorm, decoder tied to token embeddings).
+
+  Logits are computed only at `mlm_positions` (batch, m): with 15% masking that is ~7x less work
+  and memory in the vocabulary projection than scoring every position.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.encoder = Encoder(cfg, rngs=rngs)
+    self.mlm_dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", "embed_out"), rngs)
+    self.mlm_norm = _layer_norm(cfg, rngs)
+    self.mlm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32), out_sharding=("vocab",),
+                              eager_sharding=False)
+
+  def __call__(self, input_ids, attention_mask, mlm_positions, token_type_ids=None, *,
+               deterministic=True, rngs=None):
+    h = self.encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+                     rngs=rngs)
+    h = jnp.take_along_axis(h, mlm_positions[:, :, None], axis=1)
+    h = self.mlm_norm(_gelu(self.cfg, self.mlm_dense(h)))
+    logits = self.encoder.embeddings.token.attend(h)
+    return logits.astype(jnp.float32) + self.mlm_bias[...]
+
+
+class SequenceClassifier(nnx.Module):
+  """Encoder + RoBERTa's classification head on the first token; num_labels=1 is regression."""
+
+  def __init__(self, cfg: ModelConfig, num_labels: int, *, rngs: nnx.Rngs):
+    if num_labels < 1:
+      raise ConfigError(f"num_labels={num_labels}: must be >= 1 (1 for regression).")
+    self.cfg = cfg
+    self.encoder = Encoder(cfg, rngs=rngs)
+    self.cls_dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", "embed_out"), rngs)
+    self.cls_out = _dense(cfg, cfg.hidden_size, num_labels, ("embed", None), rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
+
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True,
+               rngs=None):
+    h = self.encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+                     rngs=rngs)
+    drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
+    h = jnp.tanh(self.cls_dense(drop(h[:, 0])))
+    return self.cls_out(drop(h)).astype(jnp.float32)
