@@ -1,0 +1,13 @@
+"""Pretraining data: TFDS text sources, tokenizers, packing and MLM masking.
+
+Importing this package registers the project's TFDS builders `pydocs` and
+`text_files`. Training calls `build_pretrain_data(config.data, ...)`; see
+`pretrain.py` for the `config.data` fields.
+"""
+
+from linformer.data.mlm import make_mlm_dataset
+from linformer.data.mlm import unigram_perplexity
+from linformer.data.pretrain import build_pretrain_data
+from linformer.data.pretrain import default_config
+from linformer.data.sources import load_text_source
+from linformer.data.tokenizer import Tokenizer

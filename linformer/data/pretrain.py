@@ -1,0 +1,202 @@
+"""The pretraining data of a run: tokenizer, train iterator, eval batches.
+
+`build_pretrain_data(config.data, workdir, seq_len, per_host_batch_size,
+seed)` is the one call training makes. It reads the corpus from TFDS,
+trains or loads the tokenizer (kept in `{workdir}/tokenizer/` and reused on
+resume), packs each split once (cached in `{workdir}/data/`) and returns
+grain pipelines (see `mlm.py`).
+
+`config.data` fields (`default_config()`):
+
+  dataset: TFDS name: 'pydocs' (Python docstrings, offline), 'text_files'
+    (your .txt/.txt.gz files, see text_files_*), or any TFDS text dataset
+    such as 'lm1b', 'wikipedia/20230601.en', 'c4/en' prepared as array_record.
+  field: the text feature of `dataset` ('text').
+  train_split, eval_split: split names ('train', 'validation'); TFDS slicing
+    such as 'train[:1%]' works.
+  data_dir: TFDS data dir; None -> $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  tokenizer: '' trains a SentencePiece model on train_split; else a path to a
+    tokenizer.json, a SentencePiece .model or a saved tokenizer directory.
+    Ignored when {workdir}/tokenizer/ already holds one (resume).
+  vocab_size: SentencePiece vocab size when training one (8000).
+  tokenizer_max_sentences: lines read to train SentencePiece (1,000,000).
+  max_predictions: mask slots per example; None -> ceil(mask_prob * seq_len).
+  mask_prob: fraction of maskable tokens predicted (0.15).
+  num_workers: grain worker processes for tokenizing and batching (0: none).
+  cache_dir: packed token streams; None -> {workdir}/data.
+  text_files_train_patterns: globs of training files (dataset='text_files').
+  text_files_validation_patterns: globs of validation files; empty -> a
+    deterministic text_files_validation_fraction of the training documents.
+  text_files_validation_fraction: 0.05.
+  text_files_one_doc_per_file: False: documents are separated by blank lines.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import grain
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from linformer.data import mlm
+from linformer.data import sources
+from linformer.data.tokenizer import Tokenizer, train_sentencepiece
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.data` with its defaults; fields are documented above."""
+  placeholder = ml_collections.config_dict.placeholder
+  return ml_collections.ConfigDict({
+      'dataset': 'pydocs',
+      'field': 'text',
+      'train_split': 'train',
+      'eval_split': 'validation',
+      'data_dir': placeholder(str),
+      'tokenizer': '',
+      'vocab_size': 8000,
+      'tokenizer_max_sentences': 1_000_000,
+      'max_predictions': placeholder(int),
+      'mask_prob': 0.15,
+      'num_workers': 0,
+      'cache_dir': placeholder(str),
+      'text_files_train_patterns': (),
+      'text_files_validation_patterns': (),
+      'text_files_validation_fraction': 0.05,
+      'text_files_one_doc_per_file': False,
+  })
+
+
+class EvalData:
+  """Callable giving a fresh one-pass iterator over the eval batches.
+
+  Also carries what an eval report needs: `num_batches` per host and the
+  unigram baseline perplexity (`unigram_perplexity`).
+  """
+
+  def __init__(self, dataset: grain.IterDataset, num_batches: int,
+               unigram: Callable[[], float]):
+    self.dataset = dataset
+    self.num_batches = num_batches
+    self._unigram = unigram
+
+  def __call__(self) -> Iterator[dict[str, np.ndarray]]:
+    return iter(self.dataset)
+
+  @functools.cached_property
+  def unigram_perplexity(self) -> float:
+    return self._unigram()
+
+
+class PretrainData(NamedTuple):
+  tokenizer: Tokenizer
+  train_iter: grain.DatasetIterator
+  eval_dataset_fn: EvalData
+
+
+def _tokenizer_for_run(config_data, workdir: str,
+                       train_texts: sources.TextSource,
+                       given: Tokenizer | None) -> Tokenizer:
+  """`given`, else the run's saved one, else the configured or a new one.
+
+  Whatever is used is saved in `{workdir}/tokenizer/` unless one is there.
+  """
+  directory = os.path.join(workdir, 'tokenizer')
+  saved = os.path.isdir(directory) and os.listdir(directory)
+  if given is not None:
+    tokenizer = given
+  elif saved:
+    tokenizer = Tokenizer.load(directory)
+    logging.info('Reusing the run tokenizer %s', tokenizer)
+    return tokenizer
+  elif config_data.tokenizer:
+    tokenizer = Tokenizer.load(config_data.tokenizer)
+  else:
+    # Documents in a fixed random order so the sentence budget samples the
+    # whole corpus, not its first files.
+    order = np.random.default_rng(0).permutation(len(train_texts))
+    tokenizer = train_sentencepiece(
+        (train_texts[int(i)] for i in order), config_data.vocab_size,
+        max_sentences=config_data.tokenizer_max_sentences)
+  if not saved:
+    tokenizer.save(directory)
+    logging.info('Saved tokenizer %s to %s', tokenizer, directory)
+  return tokenizer
+
+
+def build_pretrain_data(
+    config_data: ml_collections.ConfigDict,
+    workdir: str,
+    seq_len: int,
+    per_host_batch_size: int,
+    seed: int,
+    tokenizer: Tokenizer | None = None,
+) -> PretrainData:
+  """Tokenizer, checkpointable train iterator and eval batches of a run.
+
+  Args:
+    config_data: `config.data` (see the module docstring).
+    workdir: the run's directory; holds `tokenizer/` and `data/` (caches).
+      Multi-host runs need it shared: process 0 makes the tokenizer, the
+      others wait and load it.
+    seq_len: tokens per example, including bos and eos.
+    per_host_batch_size: examples per batch on this host.
+    seed: shuffle and masking seed.
+    tokenizer: use this one (e.g. from a pretraining run) instead.
+
+  Returns:
+    (tokenizer, train_iter, eval_dataset_fn): `train_iter` is an endless
+    `grain.DatasetIterator` (save it with `grain.checkpoint.CheckpointSave`);
+    `eval_dataset_fn()` gives one pass over the eval split in full batches,
+    and has `.num_batches` and `.unigram_perplexity`.
+  """
+  load = functools.partial(
+      sources.load_text_source, config_data.dataset, field=config_data.field,
+      data_dir=config_data.data_dir,
+      config=sources.text_files_config_from(config_data))
+  train_texts = load(split=config_data.train_split)
+  eval_texts = load(split=config_data.eval_split)
+
+  if jax.process_index() == 0:
+    tokenizer = _tokenizer_for_run(config_data, workdir, train_texts,
+                                   tokenizer)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('linformer.data.tokenizer')
+  if tokenizer is None:
+    tokenizer = Tokenizer.load(os.path.join(workdir, 'tokenizer'))
+
+  cache_dir = config_data.cache_dir or os.path.join(workdir, 'data')
+
+  def pack(texts: sources.TextSource) -> np.ndarray:
+    path = mlm.cache_path(cache_dir, texts.split, tokenizer,
+                          source_id=f'{texts.name}:{texts.field}',
+                          num_documents=len(texts))
+    return mlm.tokenize_to_stream(texts, tokenizer, path,
+                                  num_workers=config_data.num_workers,
+                                  description=f'Tokenizing {texts}')
+
+  train_tokens = pack(train_texts)
+  eval_tokens = pack(eval_texts)
+
+  common = dict(
+      seq_len=seq_len, batch_size=per_host_batch_size, seed=seed,
+      max_predictions=config_data.max_predictions,
+      mask_prob=config_data.mask_prob, num_workers=config_data.num_workers)
+  train_ds = mlm.make_mlm_dataset(train_tokens, tokenizer, train=True,
+                                  **common)
+  eval_ds = mlm.make_mlm_dataset(eval_tokens, tokenizer, train=False,
+                                 **common)
+  eval_data = EvalData(
+      eval_ds,
+      num_batches=mlm.eval_batches_per_host(
+          len(eval_tokens), seq_len, per_host_batch_size, jax.process_count()),
+      unigram=functools.partial(
+          mlm.unigram_perplexity, train_tokens, eval_tokens,
+          tokenizer.vocab_size, special_ids=tokenizer.special_ids))
+  return PretrainData(tokenizer, iter(train_ds), eval_data)

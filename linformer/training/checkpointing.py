@@ -1,0 +1,86 @@
+"""Orbax checkpoints of the train state together with the Grain iterator, and the run's config.
+
+Orbax writes each checkpoint to a temporary directory and renames it when complete, so a run
+killed mid-write (SIGKILL included) leaves an unfinished directory that is never restored: the
+manager only lists finalized steps. Saving is asynchronous: arrays are copied to host memory,
+then written while training goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from linformer.config import ConfigError
+
+CONFIG_FILE = "config.json"
+# Fields that may change when a run resumes: schedule length (to extend a run), logging and
+# checkpoint cadence, evaluation size, mesh shape and data-loading workers.
+MAY_CHANGE = ("num_train_steps", "eval_every_steps", "checkpoint_every_steps",
+              "log_every_steps", "num_eval_steps", "max_checkpoints_to_keep", "mesh",
+              "data.num_workers", "async_checkpointing", "init_from")
+
+
+def make_manager(workdir: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.max_checkpoints_to_keep,
+      create=True,
+      enable_async_checkpointing=config.async_checkpointing,
+  )
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
+  args = {"state": ocp.args.StandardSave(state)}
+  if data_iterator is not None:
+    args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+  manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
+  """Restores onto the shardings of `abstract_state` (any mesh shape) and resets the iterator."""
+  args = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iterator is not None:
+    args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  return manager.restore(step, args=ocp.args.Composite(**args))["state"]
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict:
+  out = {}
+  for key, value in d.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, path + "."))
+    else:
+      out[path] = value
+  return out
+
+
+def check_or_write_config(workdir: str, config) -> None:
+  """Writes the run's config once; a later start with an incompatible config is an error."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  current = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    new, old = _flatten(current), _flatten(saved)
+    allowed = lambda k: any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)
+    differ = sorted(k for k in set(new) | set(old)
+                    if not allowed(k) and new.get(k, "<missing>") != old.get(k, "<missing>"))
+    if differ:
+      details = "; ".join(f"{k}: workdir has {old.get(k, '<missing>')!r}, asked "
+                          f"{new.get(k, '<missing>')!r}" for k in differ)
+      raise ConfigError(
+          f"The workdir {workdir} holds a run with a different config ({details}). Resume it "
+          "with the same values, or start the new run in a new --workdir."
+      )
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(current, f, indent=2, sort_keys=True)

@@ -1,0 +1,221 @@
+"""The training loop end to end on the built-in corpus: learning, exact resume, sharding,
+multi-process, divergence and bad input."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import pretrain
+from linformer.config import ConfigError
+from linformer.training import checkpointing
+from linformer.training.loop import TrainingDiverged, train_and_evaluate
+from linformer.training.metric_writer import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """TFDS data dir and a tokenizer shared by every run of this module (built once)."""
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def small_config(data_dir, **overrides):
+  config = pretrain.get_config("size=tiny,n=64,k=16,steps=12,batch=16")
+  config.model.update(num_layers=2, hidden_size=64, num_heads=4, mlp_dim=128)
+  config.data.data_dir = data_dir
+  config.data.vocab_size = 1000
+  config.optimizer.update(lr=2e-3, warmup_steps=3)
+  config.mesh.update(data=1)  # one device unless a test asks for more: exact comparisons
+  config.update(log_every_steps=1, eval_every_steps=1000, num_eval_steps=2,
+                checkpoint_every_steps=6)
+  for key, value in overrides.items():
+    target = config
+    *path, last = key.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = value
+  return config
+
+
+def params_of(result):
+  return jax.tree.map(np.asarray, result["state"].params)
+
+
+def assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+  """An uninterrupted 12-step run, the baseline of the resume tests."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  return workdir, train_and_evaluate(small_config(data_dir), workdir)
+
+
+def test_loss_falls_and_outputs_are_written(reference):
+  workdir, result = reference
+  train = read_metrics(workdir, "train")
+  assert [r["step"] for r in train] == list(range(1, 13))
+  losses = [r["loss"] for r in train]
+  # From ln(vocab) = 6.9 (uniform guess) it drops by ~0.4 in 12 steps; 0.25 is well clear of
+  # batch-to-batch noise (~0.03 here).
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.25
+  assert {"accuracy", "perplexity", "lr", "grad_norm", "tokens_per_sec"} <= set(train[0])
+  ev = read_metrics(workdir, "eval")[-1]
+  assert ev["step"] == 12 and ev["perplexity"] > 1 and ev["unigram_perplexity"] > 1
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert os.path.exists(os.path.join(workdir, "tokenizer"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6"]
+
+
+def test_interrupt_and_resume_is_exact(reference, data_dir, tmp_path):
+  workdir = str(tmp_path)
+  config = small_config(data_dir)
+  first = train_and_evaluate(config, workdir, until_step=6)
+  assert int(first["state"].step) == 6
+  resumed = train_and_evaluate(config, workdir)
+  assert int(resumed["state"].step) == 12
+  assert_trees_equal(params_of(resumed), params_of(reference[1]))
+  steps = [r["step"] for r in read_metrics(workdir, "train")]
+  assert steps == list(range(1, 13))  # no duplicated records after the resume
+
+
+def test_sigkill_mid_run_resumes_exactly(reference, data_dir, tmp_path):
+  """A run killed with SIGKILL restarts from its last finalized checkpoint."""
+  workdir = str(tmp_path)
+  config = small_config(data_dir, checkpoint_every_steps=2)
+  args = [sys.executable, "train.py", "--config=configs/pretrain.py:size=tiny,n=64,k=16,"
+          "steps=12,batch=16", f"--workdir={workdir}"] + [
+              f"--config.{k}={v}" for k, v in _flat_overrides(config).items()]
+  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    done = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+    if any(int(d) >= 4 for d in done):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  restored_from = checkpointing.make_manager(workdir, config).latest_step()
+  assert restored_from is not None and restored_from < 12
+  resumed = train_and_evaluate(config, workdir)
+  assert_trees_equal(params_of(resumed), params_of(reference[1]))
+
+
+def _flat_overrides(config):
+  """The fields small_config changes, as --config.x=y flags."""
+  base = pretrain.get_config("size=tiny,n=64,k=16,steps=12,batch=16")
+  flat = lambda c: checkpointing._flatten(json.loads(c.to_json_best_effort()))
+  new, old = flat(config), flat(base)
+  return {k: v for k, v in new.items() if new[k] != old.get(k)}
+
+
+def test_sharded_equals_unsharded(data_dir, tmp_path):
+  assert jax.device_count() == 8
+  one = train_and_evaluate(small_config(data_dir, num_train_steps=3), str(tmp_path / "one"))
+  cfg = small_config(data_dir, num_train_steps=3)
+  cfg.mesh.update(data=2, fsdp=2, tensor=2)
+  eight = train_and_evaluate(cfg, str(tmp_path / "eight"))
+  shardings = {len(x.sharding.device_set) for x in jax.tree.leaves(eight["state"].params)}
+  assert shardings == {8}
+  spec = eight["state"].params["encoder"]["layers"][0]["mlp_in"]["kernel"][...].sharding.spec
+  assert tuple(spec) == ("fsdp", "tensor")
+  a = [r["loss"] for r in read_metrics(str(tmp_path / "one"), "train")]
+  b = [r["loss"] for r in read_metrics(str(tmp_path / "eight"), "train")]
+  np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_checkpoint_restores_onto_another_mesh(reference, data_dir, tmp_path):
+  """A checkpoint written on one device continues on a 2x2x2 mesh."""
+  workdir = str(tmp_path)
+  train_and_evaluate(small_config(data_dir), workdir, until_step=6)
+  cfg = small_config(data_dir)
+  cfg.mesh.update(data=2, fsdp=2, tensor=2)
+  resumed = train_and_evaluate(cfg, workdir)
+  for x, y in zip(jax.tree.leaves(params_of(resumed)), jax.tree.leaves(params_of(reference[1]))):
+    np.testing.assert_allclose(x, y, atol=1e-4)
+
+
+TWO_PROCESS = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+import jax
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+sys.path.insert(0, os.getcwd())
+from tests.test_training import small_config
+from linformer.training.loop import train_and_evaluate
+cfg = small_config(sys.argv[3], num_train_steps=3)
+cfg.mesh.update(data=-1)
+train_and_evaluate(cfg, sys.argv[4])
+"""
+
+
+def test_two_processes_match_one(data_dir, tmp_path):
+  single = str(tmp_path / "single")
+  cfg = small_config(data_dir, num_train_steps=3)
+  cfg.mesh.update(data=2)
+  train_and_evaluate(cfg, single)
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  multi = str(tmp_path / "multi")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS, f"localhost:{port}", str(i),
+                             data_dir, multi], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+           for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=400)
+    assert p.returncode == 0, err.decode()[-3000:]
+  a = [r["loss"] for r in read_metrics(single, "train")]
+  b = [r["loss"] for r in read_metrics(multi, "train")]
+  assert len(b) == 3
+  np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+  # Warmup from 0 to an absurd rate: step 1 is fine (lr 0), step 2 overflows.
+  cfg = small_config(data_dir, checkpoint_every_steps=1, log_every_steps=4)
+  cfg.optimizer.update(lr=1e30, warmup_steps=3)
+  with pytest.raises(TrainingDiverged, match="diverged at step 2.*checkpoint \\(step 1\\)"):
+    train_and_evaluate(cfg, str(tmp_path))
+  manager = checkpointing.make_manager(str(tmp_path), cfg)
+  assert manager.all_steps() == [1]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(batch_size=12), "batch_size=12 must be divisible by .* data-parallel size 8"),
+    (dict(**{"mesh.data": 16}), "needs 16 devices but only 8"),
+    (dict(**{"model.max_len": 48, "model.k": 100}), "config.model.k=100"),
+    (dict(**{"optimizer.schedule": "cyclic"}), "config.optimizer.schedule='cyclic'"),
+    (dict(task="mt"), "config.task='mt': unknown task"),
+])
+def test_bad_config_errors_before_compiling(data_dir, tmp_path, overrides, message):
+  cfg = small_config(data_dir, **overrides)
+  if "batch_size" in overrides:
+    cfg.mesh.update(data=8)
+  with pytest.raises(ConfigError, match=message):
+    train_and_evaluate(cfg, str(tmp_path))
+
+
+def test_incompatible_workdir_names_the_fields(reference, data_dir):
+  workdir, _ = reference
+  cfg = small_config(data_dir)
+  cfg.model.hidden_size = 32
+  cfg.optimizer.lr = 1e-4
+  with pytest.raises(ConfigError, match="model.hidden_size: workdir has 64, asked 32.*"
+                                        "optimizer.lr"):
+    train_and_evaluate(cfg, workdir)
