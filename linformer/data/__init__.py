@@ -1,10 +1,11 @@
 """Pretraining data: TFDS text sources, tokenizers, packing and MLM masking.
 
-Importing this package registers the project's TFDS builders `pydocs` and
-`text_files`. Training calls `build_pretrain_data(config.data, ...)`; see
+Importing this package registers the project's TFDS builders `pydocs`,
+`text_files` and `listops`. Training calls `build_pretrain_data(config.data, ...)`; see
 `pretrain.py` for the `config.data` fields.
 """
 
+from linformer.data import listops  # pylint: disable=unused-import  # Registers.
 from linformer.data.mlm import make_mlm_dataset
 from linformer.data.mlm import unigram_perplexity
 from linformer.data.pretrain import build_pretrain_data

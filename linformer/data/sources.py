@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from linformer.data import pydocs  # pylint: disable=unused-import  # Registers.
 from linformer.data import text_files
 
-PROJECT_BUILDERS = ('pydocs', 'text_files')
+PROJECT_BUILDERS = ('pydocs', 'text_files', 'listops')
 
 
 class TextSource(Sequence[str]):
