@@ -84,3 +84,15 @@ def check_or_write_config(workdir: str, config) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:
       json.dump(current, f, indent=2, sort_keys=True)
+
+
+def load_config(workdir: str):
+  """The config a run in `workdir` was started with."""
+  import ml_collections
+
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} holds no run ({CONFIG_FILE} is missing): pass the "
+                            "--workdir of a train.py run.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

@@ -269,3 +269,22 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None
   result["state"] = state
   result["trainer"] = trainer
   return result
+
+
+def restore_run(workdir: str, step: int | None = None, config=None):
+  """(config, trainer, state) of a run's checkpoint (the latest unless `step`), for evaluation
+  and prediction. `config` defaults to the run's own."""
+  config = checkpointing.load_config(workdir) if config is None else config
+  mesh = partitioning.make_mesh(config.mesh)
+  task = get_task(config)
+  manager = checkpointing.make_manager(workdir, config)
+  steps = manager.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"{workdir} has no checkpoint yet: train it first (train.py).")
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise ValueError(f"{workdir} has no checkpoint at step {step}; it has {sorted(steps)}.")
+  task.setup(workdir, per_host_batch_size=max(config.batch_size // jax.process_count(), 1))
+  trainer = make_trainer(config, task, mesh)
+  state = checkpointing.restore(manager, step, trainer.abstract_state())
+  return config, trainer, state

@@ -1,0 +1,259 @@
+"""Linformer vs full attention: forward time and compiled memory, side by side.
+
+    python benchmarks/attention.py                    # default sweep, a few minutes on 2 CPU cores
+    python benchmarks/attention.py --encoder_n 512,1024,2048,4096 --dtype bfloat16
+
+What is measured, for each sequence length n and (Linformer only) projected length k:
+
+* Two components at RoBERTa-base widths (hidden 768, 12 heads, MLP 3072): one `SelfAttention`
+  layer, and the 12-layer `Encoder` with a 1000-token vocabulary so that the embedding table does
+  not weigh in the parameters. Full attention does not depend on k; it is measured once per n.
+* Forward time: the jit-compiled forward pass, dropout off (deterministic=True), one warm-up call
+  excluded, median wall time of --repeats calls, each ended with `block_until_ready`. The calls
+  of full and Linformer at one n are interleaved, so other load on the machine hits both alike.
+* Memory, from XLA's compiled memory analysis (`jax.jit(f).lower(...).compile().memory_analysis()`),
+  so it is what the compiler plans, not a sampled process RSS:
+    - "temp" (temp_size_in_bytes): the intermediates of the computation, parameters, input and
+      output excluded. For the single layer this is the attention's working memory: the n x n
+      logits and softmax weights of full attention against n x k for Linformer, plus Q and the
+      heads' output. The project's memory check uses this number.
+    - "peak" (argument + output + temp bytes): everything live during the call, parameters and
+      input/output included. The projections, MLP and residual stream cost the same in both
+      models, so this ratio is smaller than the temp ratio.
+* Batch size 1 by default: the n-dependence is the point, and batch scales time and temp
+  memory of both models roughly linearly, so it changes the ratios little.
+
+The paper's 3.4x / 14x at n=4096, k=128 (its inference-efficiency table) were measured on the
+whole model on a GPU, at the largest batch that fits; the project checks them on the single
+layer's forward time and temp memory, the part Linformer changes. The encoder table shows how
+much of that survives in a whole model.
+
+A cell that does not fit is marked, not dropped: "OOM" when the compiled peak exceeds the device's
+memory (on CPU, the machine's available RAM; checked before running), "error" when compilation or
+the run fails. Tables are printed as markdown and written to
+benchmarks/results/attention_<platform>.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from linformer.attention import SelfAttention, SeqProjection  # noqa: E402
+from linformer.config import PROJECTIONS, SHARING_MODES, ModelConfig  # noqa: E402
+from linformer.model import Encoder  # noqa: E402
+
+MIB = 2**20
+CHECK = dict(component="layer", n=4096, k=128, speedup=3.4, memory=14.0)  # paper, Sec. 5.3
+
+
+def ints(text: str) -> list[int]:
+  return [int(v) for v in text.split(",") if v]
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--layer_n", type=ints, default=[512, 1024, 2048, 4096],
+                 help="sequence lengths for the single attention layer")
+  p.add_argument("--encoder_n", type=ints, default=[512, 1024, 2048],
+                 help="sequence lengths for the 12-layer encoder (empty to skip)")
+  p.add_argument("--k", type=ints, default=[128, 256], help="Linformer projected lengths")
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  p.add_argument("--sharing", choices=SHARING_MODES, default="layerwise")
+  p.add_argument("--projection", choices=PROJECTIONS, default="learned")
+  p.add_argument("--repeats", type=int, default=5, help="timed calls per cell (median)")
+  p.add_argument("--out", default=None,
+                 help="CSV path; None: benchmarks/results/attention_<platform>.csv")
+  return p.parse_args(argv)
+
+
+def build(component: str, attention: str, n: int, k: int, args):
+  """The module and its example inputs (arrays only, so they can go through jit)."""
+  cfg = ModelConfig(vocab_size=1000, max_len=n, attention=attention, k=k, sharing=args.sharing,
+                    projection=args.projection, dropout_rate=0.0, attention_dropout_rate=0.0,
+                    dtype=args.dtype)
+  rngs = nnx.Rngs(0)
+  mask = jnp.ones((args.batch, n), bool)
+  if component == "encoder":
+    ids = jax.random.randint(jax.random.key(1), (args.batch, n), 0, cfg.vocab_size)
+    return Encoder(cfg, rngs=rngs), (ids, mask)
+  shared = None
+  if attention == "linformer" and cfg.sharing == "layerwise":  # as Encoder builds it
+    shared = SeqProjection(cfg.projection, n, k, None, rngs=rngs)
+  x = jax.random.normal(jax.random.key(1), (args.batch, n, cfg.hidden_size), jnp.dtype(args.dtype))
+  return SelfAttention(cfg, 0, shared, rngs=rngs), (x, mask)
+
+
+def memory_limit() -> int | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return stats["bytes_limit"]
+  if jax.default_backend() == "cpu":
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  return None
+
+
+def prepare(component: str, attention: str, n: int, k: int, args) -> dict:
+  """Compiles one cell and runs its warm-up call: its temp and peak bytes and a timed `call`,
+  or a status saying why there are none."""
+  try:
+    module, inputs = build(component, attention, n, k, args)
+    graphdef, state = nnx.split(module)
+    forward = lambda state, *xs: nnx.merge(graphdef, state)(*xs, deterministic=True)
+    compiled = jax.jit(forward).lower(state, *inputs).compile()
+    mem = compiled.memory_analysis()
+    temp = mem.temp_size_in_bytes
+    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + temp
+    limit = memory_limit()
+    if limit is not None and peak > limit:
+      return dict(status=f"OOM ({peak / MIB:.0f} MiB > {limit / MIB:.0f} MiB)",
+                  temp=temp, peak=peak)
+    compiled(state, *inputs).block_until_ready()  # warm-up, not timed
+
+    def call():
+      start = time.perf_counter()
+      compiled(state, *inputs).block_until_ready()
+      return time.perf_counter() - start
+
+    return dict(status="ok", temp=temp, peak=peak, call=call, times=[])
+  except Exception as e:  # noqa: BLE001 -- a failing cell is reported, the sweep goes on
+    oom = "RESOURCE_EXHAUSTED" in str(e) or isinstance(e, MemoryError)
+    return dict(status=("OOM" if oom else "error") + f": {type(e).__name__}: {str(e)[:200]}")
+
+
+def time_interleaved(group: list[dict], repeats: int) -> None:
+  """Times the cells of one (component, n) round-robin, so that load from other processes on a
+  shared machine slows full and Linformer alike; sets each cell's median `ms`."""
+  for _ in range(repeats):
+    for r in group:
+      if "call" in r:
+        r["times"].append(r["call"]())
+  for r in group:
+    if r.pop("call", None):
+      r["ms"] = 1e3 * statistics.median(r.pop("times"))
+
+
+def ratio(a, b):
+  return a / b if a is not None and b else None
+
+
+def run_sweep(args) -> list[dict]:
+  cells = []
+  for component, ns in (("layer", args.layer_n), ("encoder", args.encoder_n)):
+    for n in ns:
+      cells.append((component, "full", n, None))  # full attention has no k
+      cells += [(component, "linformer", n, k) for k in args.k]
+  results = {}
+  with tqdm(total=len(cells), unit="cell") as bar:
+    for component, n in dict.fromkeys((c, n) for c, _, n, _ in cells):
+      group = [cell for cell in cells if cell[::2] == (component, n)]
+      for cell in group:
+        bar.set_description(f"{component} n={n} compiling {cell[1]}" +
+                            (f" k={cell[3]}" if cell[3] else ""))
+        results[cell] = prepare(*cell, args)
+      bar.set_description(f"{component} n={n} timing")
+      time_interleaved([results[cell] for cell in group], args.repeats)
+      bar.update(len(group))
+
+  rows = []
+  for component, attention, n, k in cells:
+    if attention == "full":
+      continue
+    full = results[(component, "full", n, None)]
+    lin = results[(component, "linformer", n, k)]
+    rows.append(dict(
+        component=component, n=n, k=k, batch=args.batch, dtype=args.dtype,
+        sharing=args.sharing, projection=args.projection,
+        full_ms=full.get("ms"), linformer_ms=lin.get("ms"),
+        speedup=ratio(full.get("ms"), lin.get("ms")),
+        full_temp_bytes=full.get("temp"), linformer_temp_bytes=lin.get("temp"),
+        temp_ratio=ratio(full.get("temp"), lin.get("temp")),
+        full_peak_bytes=full.get("peak"), linformer_peak_bytes=lin.get("peak"),
+        peak_ratio=ratio(full.get("peak"), lin.get("peak")),
+        full_status=full["status"], linformer_status=lin["status"],
+    ))
+  return rows
+
+
+def fmt(value, spec, missing="—", suffix=""):
+  return missing if value is None else format(value, spec) + suffix
+
+
+def markdown(rows: list[dict], component: str) -> str:
+  head = ("| n | k | full ms | linformer ms | speed-up (full/lin) | full temp MiB | lin temp MiB "
+          "| temp ratio | full peak MiB | lin peak MiB | peak ratio |")
+  lines = [head, "|" + "---:|" * head.count(" | ") + "---:|"]
+  for r in rows:
+    if r["component"] != component:
+      continue
+    full_ms = fmt(r["full_ms"], ".1f", r["full_status"].split(":")[0])
+    lin_ms = fmt(r["linformer_ms"], ".1f", r["linformer_status"].split(":")[0])
+    mib = lambda b: fmt(b and b / MIB, ".1f")
+    lines.append(" | ".join([
+        f"| {r['n']}", str(r["k"]), full_ms, lin_ms, fmt(r["speedup"], ".2f", suffix="x"),
+        mib(r["full_temp_bytes"]), mib(r["linformer_temp_bytes"]),
+        fmt(r["temp_ratio"], ".1f", suffix="x"),
+        mib(r["full_peak_bytes"]), mib(r["linformer_peak_bytes"]),
+        fmt(r["peak_ratio"], ".2f", suffix="x") + " |"]))
+  return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".csv.tmp")  # written whole, then renamed: never a half file
+  with tmp.open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for r in rows:
+      writer.writerow({key: f"{v:.4g}" if isinstance(v, float) else v for key, v in r.items()})
+  tmp.replace(path)
+
+
+def check(rows: list[dict]) -> str:
+  c = CHECK
+  row = next((r for r in rows if (r["component"], r["n"], r["k"]) == (c["component"], c["n"],
+                                                                      c["k"])), None)
+  head = f"Linformer at n={c['n']}, k={c['k']} (single attention layer): "
+  if row is None or row["speedup"] is None or row["temp_ratio"] is None:
+    return head + "not measured in this sweep -> FAIL"
+  ok = row["speedup"] >= c["speedup"] and row["temp_ratio"] >= c["memory"]
+  return (head + f"speed-up {row['speedup']:.2f}x (paper {c['speedup']}x), attention memory "
+          f"saving {row['temp_ratio']:.1f}x (paper {c['memory']:.0f}x; temp bytes, parameters "
+          f"and input/output excluded) -> {'PASS' if ok else 'FAIL'}")
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  device = jax.devices()[0]
+  print(f"JAX {jax.__version__} on {jax.default_backend()} ({device.device_kind}); batch "
+        f"{args.batch}, {args.dtype}, sharing={args.sharing}, projection={args.projection}, "
+        f"median of {args.repeats} after 1 warm-up")
+  rows = run_sweep(args)
+  print("\ntemp = XLA temp_size_in_bytes (attention working memory: intermediates only); "
+        "peak = argument + output + temp bytes (parameters and input/output included).")
+  for component, title in (("layer", "One SelfAttention layer"),
+                           ("encoder", "12-layer Encoder (vocab 1000)")):
+    if any(r["component"] == component for r in rows):
+      print(f"\n### {title}, hidden 768, 12 heads\n\n{markdown(rows, component)}")
+  path = Path(args.out or Path(__file__).parent / "results" /
+              f"attention_{jax.default_backend()}.csv")
+  write_csv(rows, path)
+  print(f"\nwrote {path}\n\n{check(rows)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
