@@ -15,36 +15,13 @@ import pytest
 from flax import nnx
 
 from configs import pretrain
+from tests.helpers import small_config
 from linformer.config import ConfigError
 from linformer.training import checkpointing
 from linformer.training.loop import TrainingDiverged, train_and_evaluate
 from linformer.training.metric_writer import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-  """TFDS data dir and a tokenizer shared by every run of this module (built once)."""
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-def small_config(data_dir, **overrides):
-  config = pretrain.get_config("size=tiny,n=64,k=16,steps=12,batch=16")
-  config.model.update(num_layers=2, hidden_size=64, num_heads=4, mlp_dim=128)
-  config.data.data_dir = data_dir
-  config.data.vocab_size = 1000
-  config.optimizer.update(lr=2e-3, warmup_steps=3)
-  config.mesh.update(data=1)  # one device unless a test asks for more: exact comparisons
-  config.update(log_every_steps=1, eval_every_steps=1000, num_eval_steps=2,
-                checkpoint_every_steps=6)
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = value
-  return config
 
 
 def params_of(result):
@@ -155,7 +132,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
 import jax
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 sys.path.insert(0, os.getcwd())
-from tests.test_training import small_config
+from tests.helpers import small_config
 from linformer.training.loop import train_and_evaluate
 cfg = small_config(sys.argv[3], num_train_steps=3)
 cfg.mesh.update(data=-1)

@@ -11,4 +11,8 @@ def get_task(config) -> Task:
     from linformer.tasks.mlm import MaskedLMTask
 
     return MaskedLMTask(config)
-  raise ConfigError(f"config.task={config.task!r}: unknown task. Known: 'mlm'.")
+  if config.task == "finetune":
+    from linformer.tasks.finetune import FinetuneTask
+
+    return FinetuneTask(config)
+  raise ConfigError(f"config.task={config.task!r}: unknown task. Known: 'mlm', 'finetune'.")

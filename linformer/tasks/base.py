@@ -41,9 +41,15 @@ class Task(abc.ABC):
   def train_iterator(self) -> Iterator[Mapping[str, np.ndarray]]:
     """This process's training batches, endless, with grain-checkpointable state."""
 
+  # '{split}/{metric}' of `eval_summary` that picks the best checkpoint (higher is better).
+  main_metric: str | None = None
+
+  def eval_splits(self) -> list[str]:
+    return ["validation"]
+
   @abc.abstractmethod
-  def eval_batches(self) -> Iterable[Mapping[str, np.ndarray]]:
-    """This process's validation batches, one pass, full size (padded with zero weight)."""
+  def eval_batches(self, split: str) -> Iterable[Mapping[str, np.ndarray]]:
+    """This process's batches of an eval split, one pass, full size (padded, zero weight)."""
 
   @abc.abstractmethod
   def loss(self, model, batch, *, deterministic: bool,
@@ -62,9 +68,15 @@ class Task(abc.ABC):
   def summarize(self, outputs: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
     """Metrics from the `eval_outputs` of every validation batch (host numpy)."""
 
-  def eval_summary(self, outputs: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
-    """Validation metrics; by default the same summary as training's."""
-    return self.summarize(outputs)
+  def eval_summary(self, outputs_by_split: Mapping[str, list[Mapping[str, np.ndarray]]]
+                   ) -> dict[str, float]:
+    """Metrics of every eval split from its batches' `eval_outputs`."""
+    return {f"{split}/{k}": v for split, outputs in outputs_by_split.items()
+            for k, v in self.summarize(outputs).items()}
+
+  def num_train_examples(self) -> int | None:
+    """Examples in one epoch, for configs that give num_epochs instead of steps."""
+    return None
 
   def tokens_in(self, batch) -> int:
     """Real tokens in a batch, for tokens/s."""

@@ -49,7 +49,7 @@ class MaskedLMTask(Task):
   def train_iterator(self):
     return self.data.train_iter
 
-  def eval_batches(self):
+  def eval_batches(self, split):
     return self.data.eval_dataset_fn()
 
   def loss(self, model, batch, *, deterministic, rngs):
@@ -61,7 +61,7 @@ class MaskedLMTask(Task):
     total = {k: float(np.sum([o[k] for o in outputs])) for k in ("loss", "correct", "weight")}
     return mlm_summary(total["loss"], total["correct"], total["weight"])
 
-  def eval_summary(self, outputs):
+  def eval_summary(self, outputs_by_split):
     """Validation metrics, with the unigram model's perplexity on the same tokens beside."""
-    return {**self.summarize(outputs),
+    return {**self.summarize(outputs_by_split["validation"]),
             "unigram_perplexity": self.data.eval_dataset_fn.unigram_perplexity}

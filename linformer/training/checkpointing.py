@@ -26,14 +26,18 @@ MAY_CHANGE = ("num_train_steps", "eval_every_steps", "checkpoint_every_steps",
               "data.num_workers", "async_checkpointing", "init_from")
 
 
-def make_manager(workdir: str, config) -> ocp.CheckpointManager:
+LATEST, BEST = "checkpoints", "best"
+
+
+def make_manager(workdir: str, config, kind: str = LATEST) -> ocp.CheckpointManager:
+  """The run's periodic checkpoints (`LATEST`, resumed from), or the single checkpoint with
+  the best main metric so far (`BEST`, for fine-tuning)."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.max_checkpoints_to_keep,
+      max_to_keep=config.max_checkpoints_to_keep if kind == LATEST else 1,
       create=True,
-      enable_async_checkpointing=config.async_checkpointing,
+      enable_async_checkpointing=config.get("async_checkpointing", True),
   )
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), kind), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
@@ -49,6 +53,12 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
   if data_iterator is not None:
     args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   return manager.restore(step, args=ocp.args.Composite(**args))["state"]
+
+
+def restore_raw(manager: ocp.CheckpointManager, step: int) -> dict:
+  """A checkpoint's train state as nested dicts of arrays, without a target structure: for
+  taking parts of another run (the encoder of a pretraining run)."""
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -79,9 +80,21 @@ class Trainer:
     return nnx.merge(self.graphdef, state.params, state.rest)
 
 
-def make_trainer(config, task: Task, mesh) -> Trainer:
+def num_train_steps(config, task: Task) -> int:
+  """config.num_train_steps, or num_epochs over the task's train split when steps is -1."""
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  examples = task.num_train_examples()
+  if not config.get("num_epochs") or not examples:
+    raise ConfigError("config.num_train_steps=-1 needs config.num_epochs and a task that "
+                      "knows its train split size; set num_train_steps.")
+  return max(1, int(math.ceil(config.num_epochs * examples / config.batch_size)))
+
+
+def make_trainer(config, task: Task, mesh, total_steps: int | None = None) -> Trainer:
   model_cfg = task.model_config()
-  tx, schedule = make_optimizer(config.optimizer, config.num_train_steps)
+  total_steps = total_steps or config.num_train_steps
+  tx, schedule = make_optimizer(config.optimizer, total_steps)
   abstract_model = nnx.eval_shape(lambda: task.make_model(model_cfg, nnx.Rngs(0)))
   graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
   accum = config.grad_accum_steps
@@ -146,15 +159,19 @@ def make_trainer(config, task: Task, mesh) -> Trainer:
   )
 
 
-def evaluate(trainer: Trainer, state: TrainState, num_batches: int = -1) -> dict[str, float]:
-  outputs = []
-  for i, batch in enumerate(trainer.task.eval_batches()):
-    if 0 <= num_batches <= i:
-      break
-    out = trainer.eval_step(state, partitioning.global_batch(batch, trainer.mesh))
-    outputs.append(jax.tree.map(np.asarray, out))
-  if not outputs:
-    raise ConfigError("The validation split produced no batch; check config.data.eval_split.")
+def evaluate(trainer: Trainer, state: TrainState, num_batches: int = -1,
+             splits: list[str] | None = None) -> dict[str, float]:
+  """Metrics on the task's eval splits (or `splits`), at most `num_batches` batches each."""
+  outputs = {}
+  for split in splits or trainer.task.eval_splits():
+    outputs[split] = []
+    for i, batch in enumerate(trainer.task.eval_batches(split)):
+      if 0 <= num_batches <= i:
+        break
+      out = trainer.eval_step(state, partitioning.global_batch(batch, trainer.mesh))
+      outputs[split].append(jax.tree.map(np.asarray, out))
+    if not outputs[split]:
+      raise ConfigError(f"The eval split {split!r} produced no batch; check config.data.")
   return trainer.task.eval_summary(outputs)
 
 
@@ -203,6 +220,45 @@ def _trim_metrics(workdir: str, step: int) -> None:
   if os.path.exists(path):
     with open(path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
+  results = _read_results(workdir)
+  results["evaluations"] = [r for r in results["evaluations"] if r["step"] <= step]
+  if results.get("best") and results["best"]["step"] > step:
+    results["best"] = None
+  _write_results(workdir, results)
+
+
+RESULTS_FILE = "results.json"
+
+
+def _read_results(workdir: str) -> dict:
+  path = os.path.join(workdir, RESULTS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {"main_metric": None, "best": None, "evaluations": []}
+
+
+def _write_results(workdir: str, results: dict) -> None:
+  if jax.process_index() == 0:
+    tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+      json.dump(results, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+
+
+def _record_eval(workdir: str, step: int, metrics: dict, main_metric: str | None) -> bool:
+  """Adds an evaluation to results.json; True if it is the best so far by the main metric."""
+  results = _read_results(workdir)
+  results["main_metric"] = main_metric
+  results["evaluations"].append({"step": step, **metrics})
+  value = metrics.get(main_metric) if main_metric else None
+  best = results.get("best")
+  improved = value is not None and math.isfinite(value) and (
+      best is None or value > best[main_metric])
+  if improved:
+    results["best"] = {"step": step, **metrics}
+  _write_results(workdir, results)
+  return improved
 
 
 def train_and_evaluate(config, workdir: str, *, until_step: int | None = None
@@ -220,8 +276,11 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None
   checkpointing.check_or_write_config(workdir, config)
   manager = checkpointing.make_manager(workdir, config)
   task.setup(workdir, per_host_batch_size=config.batch_size // jax.process_count())
-  trainer = make_trainer(config, task, mesh)
+  total_steps = num_train_steps(config, task)
+  trainer = make_trainer(config, task, mesh, total_steps)
   train_iter = task.train_iterator()
+  best_manager = (checkpointing.make_manager(workdir, config, checkpointing.BEST)
+                  if task.main_metric else None)
 
   latest = manager.latest_step()
   if latest is not None:
@@ -233,8 +292,7 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None
     state = jax.jit(trainer.init_state, out_shardings=trainer.state_sharding)()
     state = task.initialize(state, trainer)
   start = int(state.step)
-  end = config.num_train_steps if until_step is None else min(until_step,
-                                                               config.num_train_steps)
+  end = total_steps if until_step is None else min(until_step, total_steps)
   writer = MetricWriter(workdir)
   meter = _TrainMetrics(task)
   last_good = latest
@@ -253,11 +311,14 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None
         writer.write(step, "train", summary)
         result["train"] = summary
         bar.set_postfix(loss=f"{summary['loss']:.3f}", refresh=False)
-      if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+      if step % config.eval_every_steps == 0 or step == total_steps:
         result["eval"] = evaluate(trainer, state, config.num_eval_steps)
         writer.write(step, "eval", result["eval"])
         bar.write(f"step {step}: " + ", ".join(f"eval {k} {v:.4g}"
                                                 for k, v in result["eval"].items()))
+        if _record_eval(workdir, step, result["eval"], task.main_metric) and best_manager:
+          meter.check(step, last_good)
+          checkpointing.save(best_manager, step, state, None)
       if step % config.checkpoint_every_steps == 0 or is_last:
         meter.check(step, last_good)  # never save a diverged state
         checkpointing.save(manager, step, state, train_iter)
@@ -265,19 +326,22 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None
   finally:
     bar.close()
     manager.wait_until_finished()
+    if best_manager:
+      best_manager.wait_until_finished()
     writer.close()
   result["state"] = state
   result["trainer"] = trainer
   return result
 
 
-def restore_run(workdir: str, step: int | None = None, config=None):
-  """(config, trainer, state) of a run's checkpoint (the latest unless `step`), for evaluation
-  and prediction. `config` defaults to the run's own."""
+def restore_run(workdir: str, step: int | None = None, config=None, best: bool = False):
+  """(config, trainer, state) of a run's checkpoint (the latest unless `step`, or the best by
+  the task's main metric), for evaluation and prediction. `config` defaults to the run's own."""
   config = checkpointing.load_config(workdir) if config is None else config
   mesh = partitioning.make_mesh(config.mesh)
   task = get_task(config)
-  manager = checkpointing.make_manager(workdir, config)
+  manager = checkpointing.make_manager(
+      workdir, config, checkpointing.BEST if best else checkpointing.LATEST)
   steps = manager.all_steps()
   if not steps:
     raise FileNotFoundError(f"{workdir} has no checkpoint yet: train it first (train.py).")
@@ -285,6 +349,7 @@ def restore_run(workdir: str, step: int | None = None, config=None):
   if step not in steps:
     raise ValueError(f"{workdir} has no checkpoint at step {step}; it has {sorted(steps)}.")
   task.setup(workdir, per_host_batch_size=max(config.batch_size // jax.process_count(), 1))
-  trainer = make_trainer(config, task, mesh)
+  # The schedule's length changes no shape; -1 (epochs) would need the dataset's size.
+  trainer = make_trainer(config, task, mesh, max(config.num_train_steps, 10**9))
   state = checkpointing.restore(manager, step, trainer.abstract_state())
   return config, trainer, state

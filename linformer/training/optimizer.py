@@ -19,7 +19,9 @@ def learning_rate_schedule(opt, num_train_steps: int) -> optax.Schedule:
   if opt.schedule not in SCHEDULES:
     raise ConfigError(f"config.optimizer.schedule={opt.schedule!r}: unknown. Use one of "
                       f"{SCHEDULES}.")
-  warmup = int(opt.warmup_steps)
+  # warmup_fraction (of num_train_steps), when set, takes precedence over warmup_steps.
+  fraction = opt.get("warmup_fraction") or 0.0
+  warmup = int(round(fraction * num_train_steps)) if fraction else int(opt.warmup_steps)
   if not 0 <= warmup <= num_train_steps:
     raise ConfigError(f"config.optimizer.warmup_steps={warmup}: must be in [0, num_train_steps="
                       f"{num_train_steps}].")

@@ -1,0 +1,111 @@
+"""Fine-tuning through the training loop: every task end to end under TFDS mock data,
+loading a pretrained encoder, best checkpoint, results.json, prediction and errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from linformer.config import ConfigError
+from linformer.data.classification import TASKS
+from linformer.training import checkpointing
+from linformer.training.loop import train_and_evaluate
+from tests.helpers import finetune_config, small_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GLUE_AND_IMDB = sorted(t for t in TASKS if t != "listops")
+
+
+def mock_tfds(num_examples=10):
+  """Random examples with the real builders' features (TFDS's mock; no download)."""
+  return tfds.testing.mock_data(num_examples=num_examples,
+                                policy=tfds.testing.MockPolicy.USE_CODE)
+
+
+@pytest.fixture(scope="module")
+def pretrained(data_dir, tmp_path_factory):
+  """A 4-step pretraining run on pydocs whose encoder the fine-tuning runs start from."""
+  workdir = str(tmp_path_factory.mktemp("pretrained"))
+  train_and_evaluate(small_config(data_dir, num_train_steps=4, checkpoint_every_steps=4),
+                     workdir)
+  return workdir
+
+
+@pytest.mark.parametrize("task", GLUE_AND_IMDB)
+def test_task_trains_and_reports_every_metric(task, pretrained, data_dir, tmp_path):
+  spec = TASKS[task]
+  with mock_tfds():
+    result = train_and_evaluate(finetune_config(task, data_dir, pretrained), str(tmp_path))
+  assert int(result["state"].step) == 2
+  with open(tmp_path / "results.json") as f:
+    results = json.load(f)
+  assert results["main_metric"] == spec.main_metric
+  last = results["evaluations"][-1]
+  for split in spec.eval_split_names:
+    for metric in spec.metrics:
+      assert f"{split}/{metric}" in last
+  assert results["best"]["step"] == 2
+  assert checkpointing.make_manager(str(tmp_path), result["trainer"].task.config,
+                                    checkpointing.BEST).all_steps() == [2]
+
+
+def test_init_from_loads_the_encoder_exactly(pretrained, data_dir, tmp_path):
+  with mock_tfds():
+    result = train_and_evaluate(finetune_config("sst2", data_dir, pretrained), str(tmp_path),
+                                until_step=0)
+  manager = checkpointing.make_manager(pretrained, result["trainer"].task.config)
+  saved = checkpointing.restore_raw(manager, manager.latest_step())["params"]["encoder"]
+  loaded = result["state"].params["encoder"]
+  def flat(tree):  # path -> array, list indices and the Variable's `value` made uniform
+    return {tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path): v
+            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+  flat_saved = flat(saved)
+  count = 0
+  for key, value in flat(loaded).items():
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_saved[key]))
+    count += 1
+  assert count == len(flat_saved) > 20
+  # The tokenizer came with it.
+  assert os.listdir(tmp_path / "tokenizer") == os.listdir(os.path.join(pretrained, "tokenizer"))
+
+
+def test_predict_prints_a_label(pretrained, data_dir, tmp_path):
+  with mock_tfds():
+    train_and_evaluate(finetune_config("sst2", data_dir, pretrained), str(tmp_path))
+  out = subprocess.run([sys.executable, "eval.py", f"--workdir={tmp_path}",
+                        "--text", "a gripping, beautifully shot film"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  prediction = json.loads(out.stdout[out.stdout.index("{"):])
+  assert prediction["label_name"] in ("negative", "positive")
+  assert 0.5 <= prediction["probability"] <= 1.0
+
+
+def test_different_model_shape_is_an_error(pretrained, data_dir, tmp_path):
+  config = finetune_config("sst2", data_dir, pretrained, **{"model.hidden_size": 32})
+  with pytest.raises(ConfigError, match="different shape.*hidden_size: pretrained 64, asked 32"):
+    train_and_evaluate(config, str(tmp_path))
+
+
+def test_longer_n_than_pretrained_is_an_error(pretrained, data_dir, tmp_path):
+  config = finetune_config("imdb", data_dir, pretrained, **{"model.max_len": 128})
+  with pytest.raises(ConfigError, match="max_len: pretrained 64, asked 128"):
+    train_and_evaluate(config, str(tmp_path))
+
+
+def test_init_from_without_checkpoint_is_an_error(data_dir, tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ConfigError, match="config.init_from=.*no run"):
+    train_and_evaluate(finetune_config("sst2", data_dir, str(empty)), str(tmp_path / "run"))
+
+
+def test_from_scratch_without_tokenizer_is_an_error(data_dir, tmp_path):
+  with pytest.raises(ConfigError, match="needs a tokenizer"):
+    train_and_evaluate(finetune_config("sst2", data_dir), str(tmp_path))
