@@ -7,8 +7,12 @@ r"""Masked-LM pretraining of a Linformer (or the full-attention baseline), RoBER
 Config-string keys: size (tiny | small | base | large), n (sequence length = model max_len),
 k (an int, or per-layer values joined by '/': k=128/128/64/64), sharing (none | headwise | kv |
 layerwise), projection (learned | random | mean_pool | max_pool | conv), attention
-(linformer | full), steps (num_train_steps), batch (batch_size). Every field below can also be
-overridden with --config.<field>=... .
+(linformer | full), steps (num_train_steps), batch (batch_size), and sweep (used by sweep.py).
+Every field below can also be overridden with --config.<field>=... .
+
+Sweeps of the paper's Figure 3 (`python sweep.py --config=configs/pretrain.py:sweep=fig3a,...`):
+fig3a (n=512: k in 64, 128, 256 and the Transformer), fig3b (n=1024: k in 128, 256, 512 and the
+Transformer), fig3c (n=512, k=128: the four sharing modes), fig3d (k=256: n in 512..4096).
 """
 
 import ml_collections
@@ -34,7 +38,7 @@ def parse_arg(arg: str | None) -> dict[str, str]:
   return dict(pairs)
 
 
-KNOWN_ARGS = ("size", "n", "k", "sharing", "projection", "attention", "steps", "batch")
+KNOWN_ARGS = ("size", "n", "k", "sharing", "projection", "attention", "steps", "batch", "sweep")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -80,3 +84,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.max_checkpoints_to_keep = 3
   config.async_checkpointing = True
   return config
+
+
+SWEEPS = {
+    "fig3a": [dict(n=512, attention="full")] + [dict(n=512, k=k) for k in (64, 128, 256)],
+    "fig3b": [dict(n=1024, attention="full")] + [dict(n=1024, k=k) for k in (128, 256, 512)],
+    "fig3c": [dict(n=512, k=128, sharing=s) for s in ("none", "headwise", "kv", "layerwise")],
+    "fig3d": [dict(n=n, k=256) for n in (512, 1024, 2048, 4096)],
+}
+
+
+def sweep(add, arg=None):
+  """The variants of the Figure 3 panel named by the config string's sweep= key."""
+  name = parse_arg(arg).get("sweep")
+  if name not in SWEEPS:
+    raise ValueError(f"configs/pretrain.py: sweep={name!r}; use one of {list(SWEEPS)}.")
+  for overrides in SWEEPS[name]:
+    add(**overrides)

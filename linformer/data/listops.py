@@ -235,6 +235,11 @@ TINY = ListOpsConfig(
     name='tiny', num_train=200, num_validation=20, num_test=20,
     min_length=20, max_length=100,
     description='200/20/20 examples of 20-100 tokens, for smoke tests.')
+SHORT = ListOpsConfig(
+    name='short', num_train=4000, num_validation=500, num_test=500,
+    min_length=10, max_length=60, max_depth=4, max_args=5,
+    description='4000/500/500 shallow examples of 10-60 tokens: learnable in '
+    'minutes on a CPU (the test that the pipeline learns).')
 
 
 class Listops(tfds.core.GeneratorBasedBuilder):
@@ -242,7 +247,7 @@ class Listops(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  BUILDER_CONFIGS = [DEFAULT, SMALL, TINY]
+  BUILDER_CONFIGS = [DEFAULT, SMALL, TINY, SHORT]
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -1,0 +1,86 @@
+r"""Figure 3: validation perplexity against updates, one curve per run of a sweep.
+
+  python -m linformer.analysis.curves --runs='runs/fig3a/*' --out=runs/fig3a.png
+
+Reads each run's metrics.jsonl (eval records) and config.json (for the legend), draws a PNG and
+prints a markdown table of every run's final validation perplexity.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from absl import app, flags
+
+from linformer.training.metric_writer import read_metrics
+
+flags.DEFINE_string("runs", None, "Glob of run directories (quote it).")
+flags.DEFINE_string("out", None, "PNG to write.")
+flags.DEFINE_string("metric", "perplexity", "Eval metric to plot.")
+flags.DEFINE_string("title", "", "Plot title.")
+FLAGS = flags.FLAGS
+
+
+def label_of(workdir: str) -> str:
+  """'Transformer' or 'Linformer k=.. (sharing)' with n, from the run's config."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    m = json.load(f)["model"]
+  if m["attention"] == "full":
+    return f"Transformer, n={m['max_len']}"
+  k = "/".join(map(str, m["k"])) if isinstance(m["k"], list) else m["k"]
+  sharing = "" if m["sharing"] == "none" else f", {m['sharing']}"
+  return f"Linformer n={m['max_len']}, k={k}{sharing}"
+
+
+def curves(workdirs: list[str], metric: str = "perplexity") -> dict[str, tuple[list, list]]:
+  out = {}
+  for workdir in sorted(workdirs):
+    records = read_metrics(workdir, "eval")
+    if records:
+      out[label_of(workdir)] = ([r["step"] for r in records], [r[metric] for r in records])
+  return out
+
+
+def plot(data: dict, path: str, metric: str, title: str = "") -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, (steps, values) in data.items():
+    ax.plot(steps, values, marker="o", markersize=3,
+            linestyle="--" if label.startswith("Transformer") else "-", label=label)
+  ax.set_xlabel("updates")
+  ax.set_ylabel(f"validation {metric}")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def table(data: dict, metric: str) -> str:
+  rows = [f"| run | steps | final validation {metric} |", "|---|---|---|"]
+  rows += [f"| {label} | {steps[-1]} | {values[-1]:.1f} |"
+           for label, (steps, values) in data.items()]
+  return "\n".join(rows)
+
+
+def main(argv):
+  del argv
+  workdirs = [d for d in glob.glob(FLAGS.runs) if os.path.isdir(d)]
+  data = curves(workdirs, FLAGS.metric)
+  if not data:
+    raise app.UsageError(f"No run with eval metrics matches --runs={FLAGS.runs!r}.")
+  if FLAGS.out:
+    plot(data, FLAGS.out, FLAGS.metric, FLAGS.title)
+    print(f"wrote {FLAGS.out}")
+  print(table(data, FLAGS.metric))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["runs"])
+  app.run(main)
