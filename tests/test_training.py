@@ -196,3 +196,15 @@ def test_incompatible_workdir_names_the_fields(reference, data_dir):
   with pytest.raises(ConfigError, match="model.hidden_size: workdir has 64, asked 32.*"
                                         "optimizer.lr"):
     train_and_evaluate(cfg, workdir)
+
+
+def test_gradient_accumulation_matches_one_batch(data_dir, tmp_path):
+  """Two micro-batches of 8 give the update of one batch of 16 (dropout off: with dropout the
+  micro-batches draw different masks by design)."""
+  no_dropout = {"model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0,
+                "num_train_steps": 2, "optimizer.warmup_steps": 1}
+  one = train_and_evaluate(small_config(data_dir, **no_dropout), str(tmp_path / "one"))
+  two = train_and_evaluate(small_config(data_dir, grad_accum_steps=2, **no_dropout),
+                           str(tmp_path / "two"))
+  for x, y in zip(jax.tree.leaves(params_of(one)), jax.tree.leaves(params_of(two))):
+    np.testing.assert_allclose(x, y, atol=2e-5)
