@@ -63,3 +63,24 @@ def test_curves_plot_and_table(tmp_path):
   curves.plot(data, str(tmp_path / "fig.png"), "perplexity")
   assert os.path.getsize(tmp_path / "fig.png") > 1000
   assert "| Linformer n=512, k=64, kv | 200 | 25.0 |" in curves.table(data, "perplexity")
+
+
+def test_table2_takes_the_best_of_the_grid(tmp_path):
+  from linformer.analysis import table2
+
+  def run(name, task, model, accs):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"data": {"task": task}, "model": model}))
+    split = "test" if task == "imdb" else "validation"
+    (d / "results.json").write_text(json.dumps(
+        {"evaluations": [{"step": i, f"{split}/accuracy": a} for i, a in enumerate(accs)]}))
+    return str(d)
+
+  lin = {"attention": "linformer", "max_len": 512, "k": 128, "sharing": "layerwise"}
+  runs = [run("a", "sst2", lin, [0.80, 0.85]), run("b", "sst2", lin, [0.90]),
+          run("c", "imdb", lin, [0.70])]
+  table = table2.collect(runs)
+  assert table == {(512, "k=128, shared kv, layer"): {"sst2": 90.0, "imdb": 70.0}}
+  text = table2.markdown(table)
+  assert "| 512 | k=128, shared kv, layer | 90.0 / 93.2 | 70.0 / 93.8 | - / 90.1 | - / 90.2 |" in text

@@ -16,11 +16,7 @@ from absl import app, flags
 
 from linformer.training.metric_writer import read_metrics
 
-flags.DEFINE_string("runs", None, "Glob of run directories (quote it).")
-flags.DEFINE_string("out", None, "PNG to write.")
-flags.DEFINE_string("metric", "perplexity", "Eval metric to plot.")
-flags.DEFINE_string("title", "", "Plot title.")
-FLAGS = flags.FLAGS
+FLAGS = flags.FLAGS  # defined under __main__: importing this module defines no flags
 
 
 def label_of(workdir: str) -> str:
@@ -82,5 +78,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.DEFINE_string("runs", None, "Glob of run directories (quote it).")
+  flags.DEFINE_string("out", None, "PNG to write.")
+  flags.DEFINE_string("metric", "perplexity", "Eval metric to plot.")
+  flags.DEFINE_string("title", "", "Plot title.")
   flags.mark_flags_as_required(["runs"])
   app.run(main)
