@@ -43,8 +43,12 @@ def main(argv):
 
   logging.set_verbosity(logging.WARNING)  # keep the terminal to the progress bar and results
   result = train_and_evaluate(FLAGS.config, FLAGS.workdir, until_step=FLAGS.until_step)
-  if "eval" in result:
-    print("final eval: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))
+  ev = result.get("eval")
+  if ev:
+    print("final eval: " + ", ".join(f"{k} {v:.4g}" for k, v in ev.items()))
+  if ev and "unigram_perplexity" in ev:
+    print(f"validation perplexity {ev['perplexity']:.1f} vs {ev['unigram_perplexity']:.1f} for "
+          "a unigram model of the same tokens")
 
 
 if __name__ == "__main__":
