@@ -1,0 +1,1 @@
+"""Importing checkpoints from other code bases (HuggingFace BERT / RoBERTa)."""
