@@ -37,11 +37,7 @@ benchmarks/results/attention_<platform>.csv.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -50,16 +46,14 @@ from flax import nnx
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from linformer.analysis.efficiency import (  # noqa: E402 -- helpers shared with Table 3
+    MIB, compile_forward, compiled_memory, fmt, ints, is_oom, memory_limit, ratio, timed_call,
+    time_interleaved, write_csv)
 from linformer.attention import SelfAttention, SeqProjection  # noqa: E402
 from linformer.config import PROJECTIONS, SHARING_MODES, ModelConfig  # noqa: E402
 from linformer.model import Encoder  # noqa: E402
 
-MIB = 2**20
 CHECK = dict(component="layer", n=4096, k=128, speedup=3.4, memory=14.0)  # paper, Sec. 5.3
-
-
-def ints(text: str) -> list[int]:
-  return [int(v) for v in text.split(",") if v]
 
 
 def parse_args(argv=None):
@@ -97,57 +91,23 @@ def build(component: str, attention: str, n: int, k: int, args):
   return SelfAttention(cfg, 0, shared, rngs=rngs), (x, mask)
 
 
-def memory_limit() -> int | None:
-  stats = jax.devices()[0].memory_stats() or {}
-  if "bytes_limit" in stats:
-    return stats["bytes_limit"]
-  if jax.default_backend() == "cpu":
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  return None
-
-
 def prepare(component: str, attention: str, n: int, k: int, args) -> dict:
   """Compiles one cell and runs its warm-up call: its temp and peak bytes and a timed `call`,
   or a status saying why there are none."""
   try:
     module, inputs = build(component, attention, n, k, args)
-    graphdef, state = nnx.split(module)
-    forward = lambda state, *xs: nnx.merge(graphdef, state)(*xs, deterministic=True)
-    compiled = jax.jit(forward).lower(state, *inputs).compile()
-    mem = compiled.memory_analysis()
-    temp = mem.temp_size_in_bytes
-    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + temp
+    compiled, state = compile_forward(module, inputs)
+    mem = compiled_memory(compiled)
+    temp, peak = mem["temp"], mem["peak"]
     limit = memory_limit()
     if limit is not None and peak > limit:
       return dict(status=f"OOM ({peak / MIB:.0f} MiB > {limit / MIB:.0f} MiB)",
                   temp=temp, peak=peak)
-    compiled(state, *inputs).block_until_ready()  # warm-up, not timed
-
-    def call():
-      start = time.perf_counter()
-      compiled(state, *inputs).block_until_ready()
-      return time.perf_counter() - start
-
+    call = timed_call(compiled, state, inputs)
+    call()  # warm-up, not timed
     return dict(status="ok", temp=temp, peak=peak, call=call, times=[])
   except Exception as e:  # noqa: BLE001 -- a failing cell is reported, the sweep goes on
-    oom = "RESOURCE_EXHAUSTED" in str(e) or isinstance(e, MemoryError)
-    return dict(status=("OOM" if oom else "error") + f": {type(e).__name__}: {str(e)[:200]}")
-
-
-def time_interleaved(group: list[dict], repeats: int) -> None:
-  """Times the cells of one (component, n) round-robin, so that load from other processes on a
-  shared machine slows full and Linformer alike; sets each cell's median `ms`."""
-  for _ in range(repeats):
-    for r in group:
-      if "call" in r:
-        r["times"].append(r["call"]())
-  for r in group:
-    if r.pop("call", None):
-      r["ms"] = 1e3 * statistics.median(r.pop("times"))
-
-
-def ratio(a, b):
-  return a / b if a is not None and b else None
+    return dict(status=("OOM" if is_oom(e) else "error") + f": {type(e).__name__}: {str(e)[:200]}")
 
 
 def run_sweep(args) -> list[dict]:
@@ -188,10 +148,6 @@ def run_sweep(args) -> list[dict]:
   return rows
 
 
-def fmt(value, spec, missing="—", suffix=""):
-  return missing if value is None else format(value, spec) + suffix
-
-
 def markdown(rows: list[dict], component: str) -> str:
   head = ("| n | k | full ms | linformer ms | speed-up (full/lin) | full temp MiB | lin temp MiB "
           "| temp ratio | full peak MiB | lin peak MiB | peak ratio |")
@@ -209,17 +165,6 @@ def markdown(rows: list[dict], component: str) -> str:
         mib(r["full_peak_bytes"]), mib(r["linformer_peak_bytes"]),
         fmt(r["peak_ratio"], ".2f", suffix="x") + " |"]))
   return "\n".join(lines)
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".csv.tmp")  # written whole, then renamed: never a half file
-  with tmp.open("w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    for r in rows:
-      writer.writerow({key: f"{v:.4g}" if isinstance(v, float) else v for key, v in r.items()})
-  tmp.replace(path)
 
 
 def check(rows: list[dict]) -> str:

@@ -127,16 +127,23 @@ class SeqProjection(nnx.Module):
     return out, valid
 
 
-def attend(q, k, v, key_mask, dropout: nnx.Dropout, deterministic: bool, rngs):
+def attend(q, k, v, key_mask, dropout: nnx.Dropout, deterministic: bool, rngs,
+           implementation: str | None = None):
   """Softmax attention of q (b, n, h, d) over k, v (b, s, h, d); key_mask (b, s) or None.
 
-  Without attention dropout this is `jax.nn.dot_product_attention` (cuDNN flash attention on
-  GPUs when the shapes allow). Its API has no dropout, so training with attention dropout takes the
-  explicit path below, which computes the same logits and softmax in float32.
+  Without attention dropout this is `jax.nn.dot_product_attention` with the given
+  implementation (`cudnn`: flash attention on NVIDIA GPUs, which takes the mask as the number of
+  valid keys: exact because padding and empty pooling windows are always at the end). Its API has
+  no dropout, so training with attention dropout takes the explicit path below, which computes
+  the same logits and softmax in float32.
   """
   mask = None if key_mask is None else key_mask[:, None, None, :]
   if deterministic or dropout.rate == 0.0:
-    return jax.nn.dot_product_attention(q, k, v, mask=mask)
+    if implementation == "cudnn":
+      lengths = None if key_mask is None else key_mask.sum(-1, dtype=jnp.int32)
+      return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
+                                          implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
   logits = logits / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
   if mask is not None:
@@ -199,7 +206,8 @@ class SelfAttention(nnx.Module):
       v, _ = self.proj_v(jnp.where(real, self.value(x), 0), mask)
     else:
       k, v, key_mask = self._project_inputs_first(x, mask)
-    out = attend(q, k, v, key_mask, self.dropout, deterministic, rngs)
+    out = attend(q, k, v, key_mask, self.dropout, deterministic, rngs,
+                 self.cfg.attention_impl)
     return self.out(out)
 
   def _project_inputs_first(self, x, mask):

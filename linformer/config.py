@@ -16,6 +16,7 @@ ATTENTION_KINDS = ("linformer", "full")
 SHARING_MODES = ("none", "headwise", "kv", "layerwise")
 PROJECTIONS = ("learned", "random", "mean_pool", "max_pool", "conv")
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLS = (None, "xla", "cudnn")
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,9 @@ class ModelConfig:
   gelu_approximate: bool = False  # RoBERTa and BERT use the exact (erf) GELU.
   dtype: str = "float32"  # computation dtype; parameters are always float32.
   remat: bool = False  # recompute each layer's activations in the backward pass.
+  # jax.nn.dot_product_attention's implementation when attention dropout is off: None lets JAX
+  # choose (XLA), 'cudnn' is flash attention on NVIDIA GPUs (float16/bfloat16 only).
+  attention_impl: str | None = None
 
   def __post_init__(self):
     if isinstance(self.k, Sequence) and not isinstance(self.k, str):
@@ -103,6 +107,12 @@ class ModelConfig:
         raise _field_error(name, value, "must be in [0, 1)", "use e.g. 0.1, or 0.0 for none")
     if self.dtype not in DTYPES:
       raise _field_error("dtype", self.dtype, "unknown dtype", f"use one of {DTYPES}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise _field_error("attention_impl", self.attention_impl, "unknown implementation",
+                         f"use one of {ATTENTION_IMPLS}")
+    if self.attention_impl == "cudnn" and self.dtype == "float32":
+      raise _field_error("attention_impl", "cudnn", "cuDNN flash attention needs float16 or "
+                         "bfloat16", "set config.model.dtype='bfloat16', or attention_impl=None")
     if self.type_vocab_size < 0:
       raise _field_error("type_vocab_size", self.type_vocab_size, "must be >= 0",
                          "use 0 (no token types) or 2 (BERT)")

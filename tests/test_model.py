@@ -119,3 +119,9 @@ def test_nonuniform_k_builds_per_layer_shapes():
   assert enc.layers[0].attention.proj_k.matrix.shape == (4, 32, 64)
   assert enc.layers[1].attention.proj_k.matrix.shape == (4, 8, 64)
   assert ModelConfig(**{**SMALL, "k": [32, 8]}).to_dict()["k"] == [32, 8]
+
+
+def test_cudnn_attention_needs_half_precision():
+  with pytest.raises(ConfigError, match="attention_impl='cudnn'.*float16 or bfloat16"):
+    ModelConfig(**SMALL, attention_impl="cudnn")
+  ModelConfig(**SMALL, attention_impl="cudnn", dtype="bfloat16")  # fine

@@ -24,7 +24,7 @@ from linformer.tasks.base import Task
 from linformer.training import checkpointing
 
 # Model fields that may differ from the pretraining run: they do not change parameter shapes.
-FREE_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "remat")
+FREE_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "remat", "attention_impl")
 
 
 class FinetuneTask(Task):

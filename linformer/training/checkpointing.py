@@ -23,7 +23,8 @@ CONFIG_FILE = "config.json"
 # checkpoint cadence, evaluation size, mesh shape and data-loading workers.
 MAY_CHANGE = ("num_train_steps", "eval_every_steps", "checkpoint_every_steps",
               "log_every_steps", "num_eval_steps", "max_checkpoints_to_keep", "mesh",
-              "data.num_workers", "async_checkpointing", "init_from")
+              "data.num_workers", "async_checkpointing", "init_from", "model.attention_impl",
+              "model.remat")
 
 
 LATEST, BEST = "checkpoints", "best"
