@@ -79,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   config.log_every_steps = 25 if size == "tiny" else 100
-  config.eval_every_steps = 250 if size == "tiny" else 5_000
+  config.eval_every_steps = 200 if size == "tiny" else 5_000
   config.num_eval_steps = -1  # -1: the whole validation split
   config.checkpoint_every_steps = 200 if size == "tiny" else 5_000
   config.max_checkpoints_to_keep = 3
