@@ -88,6 +88,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from configs.pretrain import get_config  # noqa: E402
+from linformer.analysis.efficiency import memory_limit  # noqa: E402
 from linformer.config import PROJECTIONS, SHARING_MODES, ModelConfig  # noqa: E402
 from linformer.tasks.mlm import MaskedLMTask  # noqa: E402
 from linformer.training import partitioning  # noqa: E402
@@ -236,15 +237,6 @@ def matmul_rate(size: int, repeats: int, dtype=jnp.float32) -> float:
   return 2.0 * size**3 / best
 
 
-def available_memory() -> int | None:
-  stats = jax.devices()[0].memory_stats() or {}
-  if "bytes_limit" in stats:
-    return stats["bytes_limit"]
-  if jax.default_backend() == "cpu":
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  return None
-
-
 def make_config(attention: str, n: int, args):
   batch = args.tokens_per_step // n
   spec = f"size={args.size},n={n},k={args.k},attention={attention},batch={batch},steps=1000"
@@ -286,7 +278,7 @@ def prepare(attention: str, n: int, args) -> dict:
     flops = model_flops(cfg, config.batch_size, n, task.batches[0]["mlm_positions"].shape[1])
     info = dict(cfg=cfg, batch=config.batch_size, peak=peak, flops=flops,
                 xla_flops=float(cost.get("flops", float("nan"))) if cost else None)
-    limit = available_memory()
+    limit = memory_limit()
     if limit is not None and peak > limit:
       return dict(info, status=f"OOM ({peak / MIB:.0f} MiB > {limit / MIB:.0f} MiB available)")
 
