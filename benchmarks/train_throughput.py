@@ -1,15 +1,16 @@
 r"""Training throughput and model FLOPs utilisation (MFU): Linformer vs full attention.
 
-    python benchmarks/train_throughput.py                  # default sweep, ~6 minutes on 2 cores
-    python benchmarks/train_throughput.py --layers 0 --tokens_per_step 8192   # the full small preset
-    python benchmarks/train_throughput.py --n 512,4096 --hidden 768 --mlp 3072 --heads 12
+    python benchmarks/train_throughput.py                  # default sweep, ~10 minutes on 2 cores
+    python benchmarks/train_throughput.py --n 512,4096 --attention linformer   # the two checks
+    python benchmarks/train_throughput.py --size small --sharing none --layers 0  # small preset
 
 What runs. The project's own train step: `make_trainer(config, task, mesh)` from
 `linformer.training.loop` (forward, backward, gradient clipping, AdamW, one jitted call with the
 train state donated), with the config of `configs/pretrain.py`
-(`get_config('size=small,n=<n>,k=<k>,attention=<kind>,sharing=<s>')`, dropout 0.1 on as in
-training, float32; widths of the `small` preset, hidden 512, 8 heads, MLP 2048, but 2 layers by
-default, `--layers 0` for the preset's 6), on a single-device mesh (`partitioning.make_mesh({'data': 1})`). The data is
+(`get_config('size=base,n=<n>,k=<k>,attention=<kind>,sharing=layerwise')`, dropout 0.1 on as
+in training, float32; by default RoBERTa-base widths, hidden 768, 12 heads, MLP 3072, but 2
+layers to fit a CPU, `--layers 0` for the preset's 12; layerwise sharing as in the paper's
+efficiency experiments), on a single-device mesh (`partitioning.make_mesh({'data': 1})`). The data is
 a synthetic masked-LM task (`SyntheticMLMTask`, a `MaskedLMTask` whose `setup` makes random
 batches instead of reading a dataset and tokenizer): uniform random token ids from a `--vocab`
 vocabulary (default 8000), no padding, m = ceil(0.15 n) predicted positions per sequence (the
@@ -110,7 +111,7 @@ def parse_args(argv=None):
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--n", type=ints, default=[512, 1024, 2048, 4096], help="sequence lengths")
   p.add_argument("--k", type=int, default=128, help="Linformer projected length")
-  p.add_argument("--size", default="small", help="configs/pretrain.py size preset")
+  p.add_argument("--size", default="base", help="configs/pretrain.py size preset")
   p.add_argument("--layers", type=int, default=2,
                  help="num_layers (the small preset has 6; 2 keeps the default sweep to minutes "
                  "on 2 CPU cores: per-token cost and MFU are per-layer properties; the "
@@ -119,7 +120,7 @@ def parse_args(argv=None):
   p.add_argument("--heads", type=int, default=None, help="override the preset's num_heads")
   p.add_argument("--mlp", type=int, default=None, help="override the preset's mlp_dim")
   p.add_argument("--vocab", type=int, default=8000, help="synthetic vocabulary size")
-  p.add_argument("--sharing", choices=SHARING_MODES, default=None,
+  p.add_argument("--sharing", choices=SHARING_MODES, default="layerwise",
                  help="Linformer sharing; None: the pretrain config's default")
   p.add_argument("--projection", choices=PROJECTIONS, default=None,
                  help="Linformer projection; None: the pretrain config's default")
