@@ -121,7 +121,7 @@ def parse_args(argv=None):
   p.add_argument("--mlp", type=int, default=None, help="override the preset's mlp_dim")
   p.add_argument("--vocab", type=int, default=8000, help="synthetic vocabulary size")
   p.add_argument("--sharing", choices=SHARING_MODES, default="layerwise",
-                 help="Linformer sharing; None: the pretrain config's default")
+                 help="Linformer sharing (layerwise: the paper's efficiency setting)")
   p.add_argument("--projection", choices=PROJECTIONS, default=None,
                  help="Linformer projection; None: the pretrain config's default")
   p.add_argument("--dropout", type=float, default=None,
