@@ -126,7 +126,9 @@ class FinetuneTask(Task):
                  deterministic=deterministic, rngs=rngs)
 
   def loss(self, model, batch, *, deterministic, rngs):
-    logits = self._logits(model, batch, deterministic, rngs)
+    return self._sums(self._logits(model, batch, deterministic, rngs), batch)
+
+  def _sums(self, logits, batch):
     w = batch["weights"]
     if self.spec.is_regression:
       per_example = (logits[:, 0] - batch["labels"]) ** 2
@@ -138,8 +140,8 @@ class FinetuneTask(Task):
             "weight": jnp.sum(w)}
 
   def eval_outputs(self, model, batch):
-    return {**self.loss(model, batch, deterministic=True, rngs=None),
-            "logits": self._logits(model, batch, True, None), "labels": batch["labels"],
+    logits = self._logits(model, batch, True, None)
+    return {**self._sums(logits, batch), "logits": logits, "labels": batch["labels"],
             "weights": batch["weights"]}
 
   def summarize(self, outputs):
