@@ -74,7 +74,6 @@ to benchmarks/results/train_throughput_<platform>.csv, followed by the project's
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import math
 import os
@@ -89,7 +88,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from configs.pretrain import get_config  # noqa: E402
-from linformer.analysis.efficiency import memory_limit  # noqa: E402
+from linformer.analysis.efficiency import memory_limit, write_csv  # noqa: E402
 from linformer.config import PROJECTIONS, SHARING_MODES, ModelConfig  # noqa: E402
 from linformer.tasks.mlm import MaskedLMTask  # noqa: E402
 from linformer.training import partitioning  # noqa: E402
@@ -390,18 +389,6 @@ def markdown(rows: list[dict]) -> str:
         fmt(r["mfu"] and 100 * r["mfu"], ".1f", status, "%"),
         fmt(r["compiled_mib"], ".0f")]) + " |")
   return "\n".join(lines)
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fields = list(dict.fromkeys(key for r in rows for key in r))
-  tmp = path.with_suffix(".csv.tmp")  # written whole, then renamed: never a half file
-  with tmp.open("w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    for r in rows:
-      writer.writerow({key: f"{v:.4g}" if isinstance(v, float) else v for key, v in r.items()})
-  tmp.replace(path)
 
 
 def checks(rows: list[dict]) -> list[str]:
