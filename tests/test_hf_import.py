@@ -15,8 +15,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never reach the hub
 
-from linformer.checkpoints import hf_import  # noqa: E402
-from linformer.checkpoints.hf_import import HFImportError, load_pretrained  # noqa: E402
+from linformer.convert import hf_import  # noqa: E402
+from linformer.convert.hf_import import HFImportError, load_pretrained  # noqa: E402
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

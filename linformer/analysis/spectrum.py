@@ -316,7 +316,7 @@ def run(*, out_dir: str, hf_dir: str | None = None, workdir: str | None = None,
     raise ValueError("Give exactly one of --hf_dir (a HuggingFace BERT/RoBERTa directory) or "
                      "--workdir (a full-attention run of this project).")
   if hf_dir is not None:
-    from linformer.checkpoints.hf_import import load_pretrained
+    from linformer.convert.hf_import import load_pretrained
 
     cfg, encoder, tokenizer = load_pretrained(hf_dir)
     source = {"hf_dir": os.path.abspath(hf_dir)}

@@ -1,1 +1,0 @@
-"""Importing checkpoints from other code bases (HuggingFace BERT / RoBERTa)."""

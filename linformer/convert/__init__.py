@@ -1,0 +1,1 @@
+"""Foreign checkpoint formats: HuggingFace BERT / RoBERTa directories, to and from the project."""
