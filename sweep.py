@@ -50,12 +50,16 @@ def variants(config_arg: str) -> list[tuple[str, str, list[str]]]:
   def add(**overrides):
     in_string = {k: v for k, v in overrides.items() if k in known}
     flag_keys = {k: v for k, v in overrides.items() if k not in known}
-    merged = {**base, **{k: "/".join(map(str, v)) if isinstance(v, (list, tuple)) else v
-                         for k, v in in_string.items()}}
+    merged = {
+      **base,
+      **{
+        k: "/".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+        for k, v in in_string.items()
+      },
+    }
     merged.pop("sweep", None)
     cfg = f"{path}:" + ",".join(f"{k}={v}" for k, v in merged.items())
-    out.append((variant_name(overrides), cfg, [f"--config.{k}={v}" for k, v in
-                                               flag_keys.items()]))
+    out.append((variant_name(overrides), cfg, [f"--config.{k}={v}" for k, v in flag_keys.items()]))
 
   module.sweep(add, arg)
   return out
@@ -66,8 +70,14 @@ def main(argv):
   todo = variants(FLAGS.config)
   for name, cfg, extra in todo:
     workdir = os.path.join(FLAGS.workdir, name)
-    cmd = [sys.executable, "train.py", f"--config={cfg}", f"--workdir={workdir}", *extra,
-           *FLAGS.extra]
+    cmd = [
+      sys.executable,
+      "train.py",
+      f"--config={cfg}",
+      f"--workdir={workdir}",
+      *extra,
+      *FLAGS.extra,
+    ]
     if FLAGS.dry_run:
       print(shlex.join(["python", *cmd[1:]]))
       continue

@@ -17,9 +17,10 @@ What is measured, for each sequence length n and (Linformer only) projected leng
       output excluded. For the single layer this is the attention's working memory: the n x n
       logits and softmax weights of full attention against n x k for Linformer, plus Q and the
       heads' output. The project's memory check uses this number.
-    - "peak" (argument + output + temp bytes): everything live during the call, parameters and
-      input/output included. The projections, MLP and residual stream cost the same in both
-      models, so this ratio is smaller than the temp ratio.
+    - "peak" (argument + output + temp bytes; `linformer.measure.compiled_memory`, no donated
+      aliases here): everything live during the call, parameters and input/output included.
+      The projections, MLP and residual stream cost the same in both models, so this ratio is
+      smaller than the temp ratio.
 * Batch size 1 by default: the n-dependence is the point, and batch scales time and temp
   memory of both models roughly linearly, so it changes the ratios little.
 
@@ -45,40 +46,68 @@ import jax.numpy as jnp
 from flax import nnx
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from linformer.analysis.efficiency import (  # noqa: E402 -- helpers shared with Table 3
-    MIB, compile_forward, compiled_memory, fmt, ints, is_oom, memory_limit, ratio, timed_call,
-    time_interleaved, write_csv)
-from linformer.attention import SelfAttention, SeqProjection  # noqa: E402
-from linformer.config import PROJECTIONS, SHARING_MODES, ModelConfig  # noqa: E402
-from linformer.model import Encoder  # noqa: E402
+from linformer.attention import SelfAttention, SeqProjection
+from linformer.config import PROJECTIONS, SHARING_MODES, ModelConfig
+from linformer.measure import (
+  MIB,
+  compile_forward,
+  compiled_memory,
+  failure_status,
+  fmt,
+  ints,
+  memory_limit,
+  over_limit,
+  ratio,
+  time_interleaved,
+  timed_call,
+  write_csv,
+)
+from linformer.model import Encoder
 
 CHECK = dict(component="layer", n=4096, k=128, speedup=3.4, memory=14.0)  # paper, Sec. 5.3
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--layer_n", type=ints, default=[512, 1024, 2048, 4096],
-                 help="sequence lengths for the single attention layer")
-  p.add_argument("--encoder_n", type=ints, default=[512, 1024, 2048],
-                 help="sequence lengths for the 12-layer encoder (empty to skip)")
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+  )
+  p.add_argument(
+    "--layer_n",
+    type=ints,
+    default=[512, 1024, 2048, 4096],
+    help="sequence lengths for the single attention layer",
+  )
+  p.add_argument(
+    "--encoder_n",
+    type=ints,
+    default=[512, 1024, 2048],
+    help="sequence lengths for the 12-layer encoder (empty to skip)",
+  )
   p.add_argument("--k", type=ints, default=[128, 256], help="Linformer projected lengths")
   p.add_argument("--batch", type=int, default=1)
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   p.add_argument("--sharing", choices=SHARING_MODES, default="layerwise")
   p.add_argument("--projection", choices=PROJECTIONS, default="learned")
   p.add_argument("--repeats", type=int, default=5, help="timed calls per cell (median)")
-  p.add_argument("--out", default=None,
-                 help="CSV path; None: benchmarks/results/attention_<platform>.csv")
+  p.add_argument(
+    "--out", default=None, help="CSV path; None: benchmarks/results/attention_<platform>.csv"
+  )
   return p.parse_args(argv)
 
 
 def build(component: str, attention: str, n: int, k: int, args):
   """The module and its example inputs (arrays only, so they can go through jit)."""
-  cfg = ModelConfig(vocab_size=1000, max_len=n, attention=attention, k=k, sharing=args.sharing,
-                    projection=args.projection, dropout_rate=0.0, attention_dropout_rate=0.0,
-                    dtype=args.dtype)
+  cfg = ModelConfig(
+    vocab_size=1000,
+    max_len=n,
+    attention=attention,
+    k=k,
+    sharing=args.sharing,
+    projection=args.projection,
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    dtype=args.dtype,
+  )
   rngs = nnx.Rngs(0)
   mask = jnp.ones((args.batch, n), bool)
   if component == "encoder":
@@ -99,15 +128,13 @@ def prepare(component: str, attention: str, n: int, k: int, args) -> dict:
     compiled, state = compile_forward(module, inputs)
     mem = compiled_memory(compiled)
     temp, peak = mem["temp"], mem["peak"]
-    limit = memory_limit()
-    if limit is not None and peak > limit:
-      return dict(status=f"OOM ({peak / MIB:.0f} MiB > {limit / MIB:.0f} MiB)",
-                  temp=temp, peak=peak)
-    call = timed_call(compiled, state, inputs)
+    if oom := over_limit(peak, memory_limit()):
+      return dict(status=oom, temp=temp, peak=peak)
+    call = timed_call(compiled, state, *inputs)
     call()  # warm-up, not timed
-    return dict(status="ok", temp=temp, peak=peak, call=call, times=[])
+    return dict(status="ok", temp=temp, peak=peak, call=call)
   except Exception as e:  # noqa: BLE001 -- a failing cell is reported, the sweep goes on
-    return dict(status=("OOM" if is_oom(e) else "error") + f": {type(e).__name__}: {str(e)[:200]}")
+    return dict(status=failure_status(e))
 
 
 def run_sweep(args) -> list[dict]:
@@ -121,36 +148,51 @@ def run_sweep(args) -> list[dict]:
     for component, n in dict.fromkeys((c, n) for c, _, n, _ in cells):
       group = [cell for cell in cells if cell[::2] == (component, n)]
       for cell in group:
-        bar.set_description(f"{component} n={n} compiling {cell[1]}" +
-                            (f" k={cell[3]}" if cell[3] else ""))
+        bar.set_description(
+          f"{component} n={n} compiling {cell[1]}" + (f" k={cell[3]}" if cell[3] else "")
+        )
         results[cell] = prepare(*cell, args)
       bar.set_description(f"{component} n={n} timing")
       time_interleaved([results[cell] for cell in group], args.repeats)
       bar.update(len(group))
 
+  ms = lambda r: r.get("median_s") and 1e3 * r["median_s"]
   rows = []
   for component, attention, n, k in cells:
     if attention == "full":
       continue
     full = results[(component, "full", n, None)]
     lin = results[(component, "linformer", n, k)]
-    rows.append(dict(
-        component=component, n=n, k=k, batch=args.batch, dtype=args.dtype,
-        sharing=args.sharing, projection=args.projection,
-        full_ms=full.get("ms"), linformer_ms=lin.get("ms"),
-        speedup=ratio(full.get("ms"), lin.get("ms")),
-        full_temp_bytes=full.get("temp"), linformer_temp_bytes=lin.get("temp"),
+    rows.append(
+      dict(
+        component=component,
+        n=n,
+        k=k,
+        batch=args.batch,
+        dtype=args.dtype,
+        sharing=args.sharing,
+        projection=args.projection,
+        full_ms=ms(full),
+        linformer_ms=ms(lin),
+        speedup=ratio(ms(full), ms(lin)),
+        full_temp_bytes=full.get("temp"),
+        linformer_temp_bytes=lin.get("temp"),
         temp_ratio=ratio(full.get("temp"), lin.get("temp")),
-        full_peak_bytes=full.get("peak"), linformer_peak_bytes=lin.get("peak"),
+        full_peak_bytes=full.get("peak"),
+        linformer_peak_bytes=lin.get("peak"),
         peak_ratio=ratio(full.get("peak"), lin.get("peak")),
-        full_status=full["status"], linformer_status=lin["status"],
-    ))
+        full_status=full["status"],
+        linformer_status=lin["status"],
+      )
+    )
   return rows
 
 
 def markdown(rows: list[dict], component: str) -> str:
-  head = ("| n | k | full ms | linformer ms | speed-up (full/lin) | full temp MiB | lin temp MiB "
-          "| temp ratio | full peak MiB | lin peak MiB | peak ratio |")
+  head = (
+    "| n | k | full ms | linformer ms | speed-up (full/lin) | full temp MiB | lin temp MiB "
+    "| temp ratio | full peak MiB | lin peak MiB | peak ratio |"
+  )
   lines = [head, "|" + "---:|" * head.count(" | ") + "---:|"]
   for r in rows:
     if r["component"] != component:
@@ -158,43 +200,64 @@ def markdown(rows: list[dict], component: str) -> str:
     full_ms = fmt(r["full_ms"], ".1f", r["full_status"].split(":")[0])
     lin_ms = fmt(r["linformer_ms"], ".1f", r["linformer_status"].split(":")[0])
     mib = lambda b: fmt(b and b / MIB, ".1f")
-    lines.append(" | ".join([
-        f"| {r['n']}", str(r["k"]), full_ms, lin_ms, fmt(r["speedup"], ".2f", suffix="x"),
-        mib(r["full_temp_bytes"]), mib(r["linformer_temp_bytes"]),
-        fmt(r["temp_ratio"], ".1f", suffix="x"),
-        mib(r["full_peak_bytes"]), mib(r["linformer_peak_bytes"]),
-        fmt(r["peak_ratio"], ".2f", suffix="x") + " |"]))
+    lines.append(
+      " | ".join(
+        [
+          f"| {r['n']}",
+          str(r["k"]),
+          full_ms,
+          lin_ms,
+          fmt(r["speedup"], ".2f", suffix="x"),
+          mib(r["full_temp_bytes"]),
+          mib(r["linformer_temp_bytes"]),
+          fmt(r["temp_ratio"], ".1f", suffix="x"),
+          mib(r["full_peak_bytes"]),
+          mib(r["linformer_peak_bytes"]),
+          fmt(r["peak_ratio"], ".2f", suffix="x") + " |",
+        ]
+      )
+    )
   return "\n".join(lines)
 
 
 def check(rows: list[dict]) -> str:
   c = CHECK
-  row = next((r for r in rows if (r["component"], r["n"], r["k"]) == (c["component"], c["n"],
-                                                                      c["k"])), None)
+  row = next(
+    (r for r in rows if (r["component"], r["n"], r["k"]) == (c["component"], c["n"], c["k"])), None
+  )
   head = f"Linformer at n={c['n']}, k={c['k']} (single attention layer): "
   if row is None or row["speedup"] is None or row["temp_ratio"] is None:
     return head + "not measured in this sweep -> FAIL"
   ok = row["speedup"] >= c["speedup"] and row["temp_ratio"] >= c["memory"]
-  return (head + f"speed-up {row['speedup']:.2f}x (paper {c['speedup']}x), attention memory "
-          f"saving {row['temp_ratio']:.1f}x (paper {c['memory']:.0f}x; temp bytes, parameters "
-          f"and input/output excluded) -> {'PASS' if ok else 'FAIL'}")
+  return (
+    head + f"speed-up {row['speedup']:.2f}x (paper {c['speedup']}x), attention memory "
+    f"saving {row['temp_ratio']:.1f}x (paper {c['memory']:.0f}x; temp bytes, parameters "
+    f"and input/output excluded) -> {'PASS' if ok else 'FAIL'}"
+  )
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
   device = jax.devices()[0]
-  print(f"JAX {jax.__version__} on {jax.default_backend()} ({device.device_kind}); batch "
-        f"{args.batch}, {args.dtype}, sharing={args.sharing}, projection={args.projection}, "
-        f"median of {args.repeats} after 1 warm-up")
+  print(
+    f"JAX {jax.__version__} on {jax.default_backend()} ({device.device_kind}); batch "
+    f"{args.batch}, {args.dtype}, sharing={args.sharing}, projection={args.projection}, "
+    f"median of {args.repeats} after 1 warm-up"
+  )
   rows = run_sweep(args)
-  print("\ntemp = XLA temp_size_in_bytes (attention working memory: intermediates only); "
-        "peak = argument + output + temp bytes (parameters and input/output included).")
-  for component, title in (("layer", "One SelfAttention layer"),
-                           ("encoder", "12-layer Encoder (vocab 1000)")):
+  print(
+    "\ntemp = XLA temp_size_in_bytes (attention working memory: intermediates only); "
+    "peak = argument + output + temp bytes (parameters and input/output included)."
+  )
+  for component, title in (
+    ("layer", "One SelfAttention layer"),
+    ("encoder", "12-layer Encoder (vocab 1000)"),
+  ):
     if any(r["component"] == component for r in rows):
       print(f"\n### {title}, hidden 768, 12 heads\n\n{markdown(rows, component)}")
-  path = Path(args.out or Path(__file__).parent / "results" /
-              f"attention_{jax.default_backend()}.csv")
+  path = Path(
+    args.out or Path(__file__).parent / "results" / f"attention_{jax.default_backend()}.csv"
+  )
   write_csv(rows, path)
   print(f"\nwrote {path}\n\n{check(rows)}")
   return 0

@@ -15,17 +15,39 @@ fig3a (n=512: k in 64, 128, 256 and the Transformer), fig3b (n=1024: k in 128, 2
 Transformer), fig3c (n=512, k=128: the four sharing modes), fig3d (k=256: n in 512..4096).
 """
 
+from typing import NamedTuple
+
 import ml_collections
 
 from linformer.data.pretrain import default_config as data_config
+from linformer.training import partitioning
 
-# name: (layers, hidden, heads, mlp, n, k, batch, steps, lr, warmup)
+
+class Size(NamedTuple):
+  layers: int
+  hidden: int
+  heads: int
+  mlp: int
+  n: int
+  k: int
+  batch: int
+  steps: int
+  lr: float
+  warmup: int
+
+
+# fmt: off
 SIZES = {
-    "tiny": (4, 128, 4, 512, 128, 32, 32, 800, 1e-3, 60),  # ~6 minutes on 2 CPU cores
-    "small": (6, 512, 8, 2048, 512, 128, 256, 100_000, 6e-4, 6_000),
-    "base": (12, 768, 12, 3072, 512, 128, 2048, 250_000, 5e-4, 10_000),  # the paper's runs
-    "large": (24, 1024, 16, 4096, 512, 128, 2048, 250_000, 3e-4, 10_000),
+  "tiny": Size(layers=4, hidden=128, heads=4, mlp=512, n=128, k=32, batch=32, steps=800,
+               lr=1e-3, warmup=60),  # ~6 minutes on 2 CPU cores
+  "small": Size(layers=6, hidden=512, heads=8, mlp=2048, n=512, k=128, batch=256,
+                steps=100_000, lr=6e-4, warmup=6_000),
+  "base": Size(layers=12, hidden=768, heads=12, mlp=3072, n=512, k=128, batch=2048,
+               steps=250_000, lr=5e-4, warmup=10_000),  # the paper's runs
+  "large": Size(layers=24, hidden=1024, heads=16, mlp=4096, n=512, k=128, batch=2048,
+                steps=250_000, lr=3e-4, warmup=10_000),
 }
+# fmt: on
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -38,6 +60,14 @@ def parse_arg(arg: str | None) -> dict[str, str]:
   return dict(pairs)
 
 
+def mesh_rules() -> ml_collections.ConfigDict:
+  """`config.mesh.rules`, every logical axis listed so any can be set from the command line."""
+  rules = partitioning.default_rules().items()
+  return ml_collections.ConfigDict(
+    {name: axis or ml_collections.config_dict.placeholder(str) for name, axis in rules}
+  )
+
+
 KNOWN_ARGS = ("size", "n", "k", "sharing", "projection", "attention", "steps", "batch", "sweep")
 
 
@@ -45,38 +75,49 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg)
   unknown = sorted(set(args) - set(KNOWN_ARGS))
   if unknown:
-    raise ValueError(f"configs/pretrain.py: unknown config-string key(s) {unknown}; "
-                     f"known: {KNOWN_ARGS}.")
+    raise ValueError(
+      f"configs/pretrain.py: unknown config-string key(s) {unknown}; known: {KNOWN_ARGS}."
+    )
   size = args.get("size", "tiny")
   if size not in SIZES:
     raise ValueError(f"configs/pretrain.py: size={size!r} unknown; use one of {list(SIZES)}.")
-  layers, hidden, heads, mlp, n, k, batch, steps, lr, warmup = SIZES[size]
-  n = int(args.get("n", n))
-  k = args.get("k", k)
+  s = SIZES[size]
+  n = int(args.get("n", s.n))
+  k = args.get("k", s.k)
   k = [int(v) for v in k.split("/")] if isinstance(k, str) and "/" in k else int(k)
 
   config = ml_collections.ConfigDict()
   config.task = "mlm"
   config.seed = 0
+  config.init_from = ""  # a run's workdir to continue from (all its weights); empty: scratch
+  # fmt: off
   config.model = ml_collections.ConfigDict(dict(
-      max_len=n, num_layers=layers, hidden_size=hidden, num_heads=heads, mlp_dim=mlp,
-      attention=args.get("attention", "linformer"), k=k,
-      sharing=args.get("sharing", "none"), projection=args.get("projection", "learned"),
-      dropout_rate=0.1, attention_dropout_rate=0.1, pre_ln=False, layer_norm_eps=1e-5,
-      type_vocab_size=0, gelu_approximate=False,
-      dtype="float32", remat=False,
-      attention_impl=ml_collections.config_dict.placeholder(str),  # None | xla | cudnn
+    max_len=n, num_layers=s.layers, hidden_size=s.hidden, num_heads=s.heads, mlp_dim=s.mlp,
+    attention=args.get("attention", "linformer"), k=k, sharing=args.get("sharing", "none"),
+    projection=args.get("projection", "learned"),
+    projection_init="normal",  # normal | pool (learned E/F start as mean pooling)
+    dropout_rate=0.1, attention_dropout_rate=0.1, pre_ln=False, layer_norm_eps=1e-5,
+    type_vocab_size=0, gelu_approximate=False, dtype="float32", remat=False,
+    attention_impl=ml_collections.config_dict.placeholder(str),  # None | xla | cudnn
   ))
+  # fmt: on
   config.data = data_config()
 
-  config.batch_size = int(args.get("batch", batch))  # sequences per step, all hosts together
+  config.batch_size = int(args.get("batch", s.batch))  # sequences per step, all hosts together
   config.grad_accum_steps = 1
-  config.num_train_steps = int(args.get("steps", steps))
+  config.num_train_steps = int(args.get("steps", s.steps))
+  config.freeze_pretrained_steps = 0  # steps training only what init_from did not provide
+  config.freeze_lr = ml_collections.config_dict.placeholder(float)  # the new weights; None: lr
+
+  # fmt: off
   config.optimizer = ml_collections.ConfigDict(dict(
-      lr=lr, end_lr=0.0, schedule="linear", warmup_steps=min(warmup, config.num_train_steps),
-      b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=1.0,
+    lr=s.lr, end_lr=0.0, schedule="linear", warmup_steps=min(s.warmup, config.num_train_steps),
+    b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=1.0,
   ))
+  # fmt: on
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical parameter axis -> mesh axis (None: replicated); see linformer/axes.py.
+  config.mesh.rules = mesh_rules()
 
   config.log_every_steps = 25 if size == "tiny" else 100
   config.eval_every_steps = 200 if size == "tiny" else 5_000
@@ -84,14 +125,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 200 if size == "tiny" else 5_000
   config.max_checkpoints_to_keep = 3
   config.async_checkpointing = True
+  # Per-device peak FLOP/s for the logged MFU; None: the datasheet peak of a known GPU/TPU at
+  # config.model.dtype, or a matmul rate measured at start (CPU).
+  config.peak_flops = ml_collections.config_dict.placeholder(float)
   return config
 
 
 SWEEPS = {
-    "fig3a": [dict(n=512, attention="full")] + [dict(n=512, k=k) for k in (64, 128, 256)],
-    "fig3b": [dict(n=1024, attention="full")] + [dict(n=1024, k=k) for k in (128, 256, 512)],
-    "fig3c": [dict(n=512, k=128, sharing=s) for s in ("none", "headwise", "kv", "layerwise")],
-    "fig3d": [dict(n=n, k=256) for n in (512, 1024, 2048, 4096)],
+  "fig3a": [dict(n=512, attention="full")] + [dict(n=512, k=k) for k in (64, 128, 256)],
+  "fig3b": [dict(n=1024, attention="full")] + [dict(n=1024, k=k) for k in (128, 256, 512)],
+  "fig3c": [dict(n=512, k=128, sharing=s) for s in ("none", "headwise", "kv", "layerwise")],
+  "fig3d": [dict(n=n, k=256) for n in (512, 1024, 2048, 4096)],
 }
 
 

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from linformer import axes
 from linformer.config import ModelConfig
 
 
@@ -45,8 +46,17 @@ def partitioned(init, *names):
 
 
 def _param(rngs, init, shape, names, variable=nnx.Param):
-  return variable(init(rngs.params(), shape, jnp.float32), out_sharding=names,
-                  eager_sharding=False)
+  return variable(init(rngs.params(), shape, jnp.float32), out_sharding=names, eager_sharding=False)
+
+
+def pooling_init(key, shape, dtype=jnp.float32):
+  """(..., k, n) matrices whose row i is the mean over positions j with floor(j k / n) = i."""
+  del key
+  k, n = shape[-2:]
+  window = (jnp.arange(n) * k) // n
+  matrix = (window[None, :] == jnp.arange(k)[:, None]).astype(dtype)
+  matrix = matrix / matrix.sum(axis=1, keepdims=True)
+  return jnp.broadcast_to(matrix, shape).astype(dtype)
 
 
 class SeqProjection(nnx.Module):
@@ -57,30 +67,45 @@ class SeqProjection(nnx.Module):
 
   Initialisation. `learned` E is N(0, 1/n): each projected key or value then has the scale of a
   single token's key or value, so the initial logits and outputs match full attention's (fairseq's
-  Xavier init with gain 1/sqrt(2) gives a similar 1/(n+k)). `random` is the Johnson-Lindenstrauss
-  matrix of the paper's Theorem 1, N(0, 1/k), fixed. `conv` starts as mean pooling (every tap
-  1/r) and is trained.
+  Xavier init with gain 1/sqrt(2) gives a similar 1/(n+k)). With `init='pool'` a learned E starts
+  as mean pooling instead (row i averages the positions j with floor(j k / n) = i): a model
+  converted from full attention then starts with attention over window means, close to where it
+  was, which is what uptraining wants (see configs/uptrain.py). `random` is the
+  Johnson-Lindenstrauss matrix of the paper's Theorem 1, N(0, 1/k), fixed. `conv` starts as mean
+  pooling (every tap 1/r) and is trained.
   """
 
-  def __init__(self, kind: str, n: int, k: int, heads: int | None, *, rngs: nnx.Rngs):
+  def __init__(
+    self, kind: str, n: int, k: int, heads: int | None, *, rngs: nnx.Rngs, init: str = "normal"
+  ):
     self.kind, self.n, self.k = kind, n, k
     self.window = n // k
     lead = () if heads is None else (heads,)
-    lead_names = () if heads is None else ("heads",)
+    lead_names = () if heads is None else (axes.HEADS,)
     if kind == "learned":
-      self.matrix = _param(rngs, nnx.initializers.normal(1.0 / math.sqrt(n)), lead + (k, n),
-                           lead_names + ("seq_proj", "seq"))
+      start = pooling_init if init == "pool" else nnx.initializers.normal(1.0 / math.sqrt(n))
+      self.matrix = _param(rngs, start, lead + (k, n), lead_names + (axes.SEQ_PROJ, axes.SEQ))
     elif kind == "random":
-      self.matrix = _param(rngs, nnx.initializers.normal(1.0 / math.sqrt(k)), lead + (k, n),
-                           lead_names + ("seq_proj", "seq"), variable=FixedProjection)
+      self.matrix = _param(
+        rngs,
+        nnx.initializers.normal(1.0 / math.sqrt(k)),
+        lead + (k, n),
+        lead_names + (axes.SEQ_PROJ, axes.SEQ),
+        variable=FixedProjection,
+      )
     elif kind == "conv":
-      self.kernel = _param(rngs, nnx.initializers.constant(1.0 / self.window),
-                           lead + (self.window,), lead_names + ("conv_tap",))
+      self.kernel = _param(
+        rngs,
+        nnx.initializers.constant(1.0 / self.window),
+        lead + (self.window,),
+        lead_names + (axes.CONV_TAP,),
+      )
 
   @property
   def per_head(self) -> bool:
     return (self.kind in ("learned", "random") and self.matrix.ndim == 3) or (
-        self.kind == "conv" and self.kernel.ndim == 2)
+      self.kind == "conv" and self.kernel.ndim == 2
+    )
 
   @property
   def linear(self) -> bool:
@@ -127,8 +152,16 @@ class SeqProjection(nnx.Module):
     return out, valid
 
 
-def attend(q, k, v, key_mask, dropout: nnx.Dropout, deterministic: bool, rngs,
-           implementation: str | None = None):
+def attend(
+  q,
+  k,
+  v,
+  key_mask,
+  dropout: nnx.Dropout,
+  deterministic: bool,
+  rngs,
+  implementation: str | None = None,
+):
   """Softmax attention of q (b, n, h, d) over k, v (b, s, h, d); key_mask (b, s) or None.
 
   Without attention dropout this is `jax.nn.dot_product_attention` with the given
@@ -141,8 +174,9 @@ def attend(q, k, v, key_mask, dropout: nnx.Dropout, deterministic: bool, rngs,
   if deterministic or dropout.rate == 0.0:
     if implementation == "cudnn":
       lengths = None if key_mask is None else key_mask.sum(-1, dtype=jnp.int32)
-      return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
-                                          implementation="cudnn")
+      return jax.nn.dot_product_attention(
+        q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
+      )
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
   logits = logits / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
@@ -153,48 +187,58 @@ def attend(q, k, v, key_mask, dropout: nnx.Dropout, deterministic: bool, rngs,
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
-def make_projections(cfg: ModelConfig, layer: int, shared: SeqProjection | None,
-                     rngs: nnx.Rngs) -> tuple[SeqProjection, SeqProjection]:
+def make_projections(
+  cfg: ModelConfig, layer: int, shared: SeqProjection | None, rngs: nnx.Rngs
+) -> tuple[SeqProjection, SeqProjection]:
   """The (E, F) pair of one layer under the configured sharing mode."""
   if cfg.sharing == "layerwise":
     assert shared is not None, "layerwise sharing needs the model-wide projection"
     return shared, shared
   k = cfg.layer_ks[layer]
   heads = cfg.num_heads if cfg.sharing == "none" else None
-  e = SeqProjection(cfg.projection, cfg.max_len, k, heads, rngs=rngs)
+  e = SeqProjection(cfg.projection, cfg.max_len, k, heads, rngs=rngs, init=cfg.projection_init)
   if cfg.sharing == "kv":
     return e, e
-  return e, SeqProjection(cfg.projection, cfg.max_len, k, heads, rngs=rngs)
+  return e, SeqProjection(
+    cfg.projection, cfg.max_len, k, heads, rngs=rngs, init=cfg.projection_init
+  )
 
 
 class SelfAttention(nnx.Module):
   """Multi-head self-attention, Linformer or full, selected by `cfg.attention`."""
 
-  def __init__(self, cfg: ModelConfig, layer: int, shared: SeqProjection | None, *,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, layer: int, shared: SeqProjection | None, *, rngs: nnx.Rngs):
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
     h, d = cfg.num_heads, cfg.head_dim
 
     def qkv():
       return nnx.LinearGeneral(
-          cfg.hidden_size, (h, d), dtype=dtype, rngs=rngs,
-          kernel_init=partitioned(nnx.initializers.lecun_normal(), "embed", "heads", "kv"),
-          bias_init=partitioned(nnx.initializers.zeros_init(), "heads", "kv"),
+        cfg.hidden_size,
+        (h, d),
+        dtype=dtype,
+        rngs=rngs,
+        kernel_init=partitioned(nnx.initializers.lecun_normal(), axes.EMBED, axes.HEADS, axes.KV),
+        bias_init=partitioned(nnx.initializers.zeros_init(), axes.HEADS, axes.KV),
       )
 
     self.query, self.key, self.value = qkv(), qkv(), qkv()
     self.out = nnx.LinearGeneral(
-        (h, d), cfg.hidden_size, axis=(-2, -1), dtype=dtype, rngs=rngs,
-        kernel_init=partitioned(nnx.initializers.lecun_normal(), "heads", "kv", "embed"),
-        bias_init=partitioned(nnx.initializers.zeros_init(), "embed"),
+      (h, d),
+      cfg.hidden_size,
+      axis=(-2, -1),
+      dtype=dtype,
+      rngs=rngs,
+      kernel_init=partitioned(nnx.initializers.lecun_normal(), axes.HEADS, axes.KV, axes.EMBED),
+      bias_init=partitioned(nnx.initializers.zeros_init(), axes.EMBED),
     )
     self.dropout = nnx.Dropout(cfg.attention_dropout_rate)
     if cfg.attention == "linformer":
       self.proj_k, self.proj_v = make_projections(cfg, layer, shared, rngs)
 
-  def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, mask: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
+  ) -> jax.Array:
     """x: (batch, n', hidden); mask: (batch, n'), true at real tokens."""
     mask = mask.astype(bool)
     q = self.query(x)
@@ -206,8 +250,7 @@ class SelfAttention(nnx.Module):
       v, _ = self.proj_v(jnp.where(real, self.value(x), 0), mask)
     else:
       k, v, key_mask = self._project_inputs_first(x, mask)
-    out = attend(q, k, v, key_mask, self.dropout, deterministic, rngs,
-                 self.cfg.attention_impl)
+    out = attend(q, k, v, key_mask, self.dropout, deterministic, rngs, self.cfg.attention_impl)
     return self.out(out)
 
   def _project_inputs_first(self, x, mask):

@@ -15,6 +15,7 @@ from typing import Any
 ATTENTION_KINDS = ("linformer", "full")
 SHARING_MODES = ("none", "headwise", "kv", "layerwise")
 PROJECTIONS = ("learned", "random", "mean_pool", "max_pool", "conv")
+PROJECTION_INITS = ("normal", "pool")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
 
@@ -42,6 +43,9 @@ class ModelConfig:
   k: int | tuple[int, ...] = 128
   sharing: str = "none"  # none | headwise | kv | layerwise
   projection: str = "learned"  # learned | random | mean_pool | max_pool | conv
+  # How a learned E/F starts: 'normal' N(0, 1/n), or 'pool' = mean pooling over n/k windows
+  # (close to the full attention of a converted pretrained model; see attention.SeqProjection).
+  projection_init: str = "normal"
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   pre_ln: bool = False  # RoBERTa is post-LN; pre-LN adds a final LayerNorm.
@@ -67,7 +71,7 @@ class ModelConfig:
     unknown = sorted(set(values) - known)
     if unknown:
       raise ConfigError(
-          f"config.model has unknown field(s) {unknown}. Known fields: {sorted(known)}."
+        f"config.model has unknown field(s) {unknown}. Known fields: {sorted(known)}."
       )
     return cls(**values)
 
@@ -94,13 +98,15 @@ class ModelConfig:
         raise _field_error(name, value, "must be a positive integer", f"set {name} > 0")
     if self.hidden_size % self.num_heads:
       raise _field_error(
-          "hidden_size", self.hidden_size,
-          f"not divisible by num_heads={self.num_heads}",
-          "choose hidden_size a multiple of num_heads (e.g. 768 with 12 heads)",
+        "hidden_size",
+        self.hidden_size,
+        f"not divisible by num_heads={self.num_heads}",
+        "choose hidden_size a multiple of num_heads (e.g. 768 with 12 heads)",
       )
     if self.attention not in ATTENTION_KINDS:
-      raise _field_error("attention", self.attention, "unknown attention kind",
-                         f"use one of {ATTENTION_KINDS}")
+      raise _field_error(
+        "attention", self.attention, "unknown attention kind", f"use one of {ATTENTION_KINDS}"
+      )
     for name in ("dropout_rate", "attention_dropout_rate"):
       value = getattr(self, name)
       if not 0.0 <= value < 1.0:
@@ -108,34 +114,59 @@ class ModelConfig:
     if self.dtype not in DTYPES:
       raise _field_error("dtype", self.dtype, "unknown dtype", f"use one of {DTYPES}")
     if self.attention_impl not in ATTENTION_IMPLS:
-      raise _field_error("attention_impl", self.attention_impl, "unknown implementation",
-                         f"use one of {ATTENTION_IMPLS}")
+      raise _field_error(
+        "attention_impl",
+        self.attention_impl,
+        "unknown implementation",
+        f"use one of {ATTENTION_IMPLS}",
+      )
     if self.attention_impl == "cudnn" and self.dtype == "float32":
-      raise _field_error("attention_impl", "cudnn", "cuDNN flash attention needs float16 or "
-                         "bfloat16", "set config.model.dtype='bfloat16', or attention_impl=None")
+      raise _field_error(
+        "attention_impl",
+        "cudnn",
+        "cuDNN flash attention needs float16 or bfloat16",
+        "set config.model.dtype='bfloat16', or attention_impl=None",
+      )
     if self.type_vocab_size < 0:
-      raise _field_error("type_vocab_size", self.type_vocab_size, "must be >= 0",
-                         "use 0 (no token types) or 2 (BERT)")
+      raise _field_error(
+        "type_vocab_size",
+        self.type_vocab_size,
+        "must be >= 0",
+        "use 0 (no token types) or 2 (BERT)",
+      )
     if self.attention == "linformer":
       self._validate_linformer()
 
   def _validate_linformer(self) -> None:
     if self.sharing not in SHARING_MODES:
-      raise _field_error("sharing", self.sharing, "unknown sharing mode",
-                         f"use one of {SHARING_MODES}")
+      raise _field_error(
+        "sharing", self.sharing, "unknown sharing mode", f"use one of {SHARING_MODES}"
+      )
     if self.projection not in PROJECTIONS:
-      raise _field_error("projection", self.projection, "unknown projection kind",
-                         f"use one of {PROJECTIONS}")
+      raise _field_error(
+        "projection", self.projection, "unknown projection kind", f"use one of {PROJECTIONS}"
+      )
+    if self.projection_init not in PROJECTION_INITS:
+      raise _field_error(
+        "projection_init",
+        self.projection_init,
+        "unknown initialisation",
+        f"use one of {PROJECTION_INITS}",
+      )
     if isinstance(self.k, tuple):
       if len(self.k) != self.num_layers:
         raise _field_error(
-            "k", self.k, f"has {len(self.k)} entries for num_layers={self.num_layers}",
-            "give one k per layer, or a single int for all layers",
+          "k",
+          self.k,
+          f"has {len(self.k)} entries for num_layers={self.num_layers}",
+          "give one k per layer, or a single int for all layers",
         )
       if self.sharing == "layerwise" and len(set(self.k)) > 1:
         raise _field_error(
-            "k", self.k, "layerwise sharing uses one matrix for every layer, so one k",
-            "use a single k with sharing='layerwise', or sharing='kv' for per-layer k",
+          "k",
+          self.k,
+          "layerwise sharing uses one matrix for every layer, so one k",
+          "use a single k with sharing='layerwise', or sharing='kv' for per-layer k",
         )
     elif not isinstance(self.k, int):
       raise _field_error("k", self.k, "must be an int or a list of ints", "e.g. k=128")
@@ -145,13 +176,16 @@ class ModelConfig:
         raise _field_error(where, k, "must be positive", "e.g. k=128")
       if k > self.max_len:
         raise _field_error(
-            where, k, f"is larger than the sequence length max_len={self.max_len}",
-            "use k <= max_len (k = n/4 is the paper's default)",
+          where,
+          k,
+          f"is larger than the sequence length max_len={self.max_len}",
+          "use k <= max_len (k = n/4 is the paper's default)",
         )
       if self.projection in ("mean_pool", "max_pool", "conv") and self.max_len % k:
         raise _field_error(
-            where, k,
-            f"{self.projection} uses kernel and stride max_len/k, but "
-            f"max_len={self.max_len} is not divisible by k",
-            "choose k dividing max_len (e.g. 512 with k in 64, 128, 256)",
+          where,
+          k,
+          f"{self.projection} uses kernel and stride max_len/k, but "
+          f"max_len={self.max_len} is not divisible by k",
+          "choose k dividing max_len (e.g. 512 with k in 64, 128, 256)",
         )

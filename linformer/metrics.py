@@ -2,8 +2,8 @@
 
 Every metric is a function `(predictions, labels) -> float` of numpy arrays:
 class ids for classification (`predictions_from_logits` takes the argmax),
-real scores for regression (STS-B). The metric names used by task specs
-(`linformer.data.classification.TaskSpec.metrics`) are the keys of `METRICS`:
+real scores for regression (STS-B). The metric names used by dataset specs
+(`linformer.data.datasets.DatasetSpec.metrics`) are the keys of `METRICS`:
 
   accuracy: fraction of exact matches (SST-2, QNLI, RTE, WNLI, IMDB, ListOps;
     MNLI on each of its two eval splits, reported as matched/accuracy and
@@ -36,8 +36,9 @@ MetricFn = Callable[[np.ndarray, np.ndarray], float]
 def _flat(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
   predictions, labels = np.asarray(predictions), np.asarray(labels)
   if predictions.shape != labels.shape:
-    raise ValueError(f'predictions {predictions.shape} and labels '
-                     f'{labels.shape} must have the same shape.')
+    raise ValueError(
+      f"predictions {predictions.shape} and labels {labels.shape} must have the same shape."
+    )
   return predictions.reshape(-1), labels.reshape(-1)
 
 
@@ -49,8 +50,9 @@ def accuracy(predictions, labels) -> float:
 def f1(predictions, labels) -> float:
   """Binary F1 of class 1 (GLUE's QQP and MRPC)."""
   predictions, labels = _flat(predictions, labels)
-  return float(sklearn.metrics.f1_score(labels, predictions, pos_label=1,
-                                        average='binary', zero_division=0))
+  return float(
+    sklearn.metrics.f1_score(labels, predictions, pos_label=1, average="binary", zero_division=0)
+  )
 
 
 def accuracy_and_f1(predictions, labels) -> float:
@@ -71,16 +73,15 @@ def pearson(predictions, labels) -> float:
   """Pearson correlation (GLUE's STS-B); NaN if either side is constant."""
   predictions, labels = _flat(predictions, labels)
   if _constant(predictions) or _constant(labels):
-    return float('nan')
-  return float(scipy.stats.pearsonr(predictions.astype(np.float64),
-                                    labels.astype(np.float64))[0])
+    return float("nan")
+  return float(scipy.stats.pearsonr(predictions.astype(np.float64), labels.astype(np.float64))[0])
 
 
 def spearman(predictions, labels) -> float:
   """Spearman rank correlation (GLUE's STS-B); NaN if a side is constant."""
   predictions, labels = _flat(predictions, labels)
   if _constant(predictions) or _constant(labels):
-    return float('nan')
+    return float("nan")
   return float(scipy.stats.spearmanr(predictions, labels)[0])
 
 
@@ -89,13 +90,13 @@ def pearson_and_spearman(predictions, labels) -> float:
 
 
 METRICS: dict[str, MetricFn] = {
-    'accuracy': accuracy,
-    'f1': f1,
-    'accuracy_and_f1': accuracy_and_f1,
-    'matthews_corrcoef': matthews_corrcoef,
-    'pearson': pearson,
-    'spearman': spearman,
-    'pearson_and_spearman': pearson_and_spearman,
+  "accuracy": accuracy,
+  "f1": f1,
+  "accuracy_and_f1": accuracy_and_f1,
+  "matthews_corrcoef": matthews_corrcoef,
+  "pearson": pearson,
+  "spearman": spearman,
+  "pearson_and_spearman": pearson_and_spearman,
 }
 
 
@@ -108,13 +109,11 @@ def predictions_from_logits(logits, num_labels: int) -> np.ndarray:
   """
   logits = np.asarray(logits)
   if num_labels == 1:
-    return logits.reshape(logits.shape[:-1]) if (
-        logits.ndim and logits.shape[-1] == 1) else logits
+    return logits.reshape(logits.shape[:-1]) if (logits.ndim and logits.shape[-1] == 1) else logits
   return np.argmax(logits, axis=-1).astype(np.int32)
 
 
-def compute_metrics(names: Iterable[str], predictions, labels,
-                    weights=None) -> dict[str, float]:
+def compute_metrics(names: Iterable[str], predictions, labels, weights=None) -> dict[str, float]:
   """`{name: METRICS[name](predictions, labels)}` over the rows of weight > 0.
 
   Args:
@@ -127,20 +126,17 @@ def compute_metrics(names: Iterable[str], predictions, labels,
   if weights is not None:
     keep = np.asarray(weights).reshape(-1) > 0
     if keep.shape != labels.shape:
-      raise ValueError(f'weights {np.shape(weights)} do not match labels '
-                       f'{labels.shape}.')
+      raise ValueError(f"weights {np.shape(weights)} do not match labels {labels.shape}.")
     predictions, labels = predictions[keep], labels[keep]
   out = {}
   for name in names:
     if name not in METRICS:
-      raise ValueError(f'Unknown metric {name!r}; known: '
-                       f'{", ".join(sorted(METRICS))}.')
+      raise ValueError(f"Unknown metric {name!r}; known: {', '.join(sorted(METRICS))}.")
     out[name] = METRICS[name](predictions, labels)
   return out
 
 
-def split_metrics(names: Iterable[str],
-                  outputs: Mapping[str, tuple]) -> dict[str, float]:
+def split_metrics(names: Iterable[str], outputs: Mapping[str, tuple]) -> dict[str, float]:
   """Metrics of several eval splits, keyed `{split}/{metric}`.
 
   Args:
@@ -152,7 +148,7 @@ def split_metrics(names: Iterable[str],
   out = {}
   for split, arrays in outputs.items():
     for name, value in compute_metrics(names, *arrays).items():
-      out[f'{split}/{name}'] = value
+      out[f"{split}/{name}"] = value
   return out
 
 
@@ -162,5 +158,4 @@ def mnli_accuracy(matched: tuple, mismatched: tuple) -> dict[str, float]:
   Each argument is (predictions, labels) or (predictions, labels, weights)
   of the validation_matched / validation_mismatched split.
   """
-  return split_metrics(['accuracy'], {'matched': matched,
-                                      'mismatched': mismatched})
+  return split_metrics(["accuracy"], {"matched": matched, "mismatched": mismatched})

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from linformer import axes
 from linformer.attention import SelfAttention, SeqProjection, partitioned
 from linformer.config import ConfigError, ModelConfig
 
@@ -19,16 +20,25 @@ _init = nnx.initializers.normal(0.02)  # BERT/RoBERTa's initializer range.
 
 
 def _dense(cfg, din, dout, names, rngs):
-  return nnx.Linear(din, dout, dtype=jnp.dtype(cfg.dtype), rngs=rngs,
-                    kernel_init=partitioned(_init, *names),
-                    bias_init=partitioned(nnx.initializers.zeros_init(), names[-1]))
+  return nnx.Linear(
+    din,
+    dout,
+    dtype=jnp.dtype(cfg.dtype),
+    rngs=rngs,
+    kernel_init=partitioned(_init, *names),
+    bias_init=partitioned(nnx.initializers.zeros_init(), names[-1]),
+  )
 
 
 def _layer_norm(cfg, rngs):
-  return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),
-                       rngs=rngs,
-                       scale_init=partitioned(nnx.initializers.ones_init(), "embed"),
-                       bias_init=partitioned(nnx.initializers.zeros_init(), "embed"))
+  return nnx.LayerNorm(
+    cfg.hidden_size,
+    epsilon=cfg.layer_norm_eps,
+    dtype=jnp.dtype(cfg.dtype),
+    rngs=rngs,
+    scale_init=partitioned(nnx.initializers.ones_init(), axes.EMBED),
+    bias_init=partitioned(nnx.initializers.zeros_init(), axes.EMBED),
+  )
 
 
 def _gelu(cfg, x):
@@ -41,13 +51,28 @@ class Embeddings(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
-    self.token = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs,
-                           embedding_init=partitioned(_init, "vocab", "embed"))
-    self.position = nnx.Embed(cfg.max_len, cfg.hidden_size, dtype=dtype, rngs=rngs,
-                              embedding_init=partitioned(_init, None, "embed"))
+    self.token = nnx.Embed(
+      cfg.vocab_size,
+      cfg.hidden_size,
+      dtype=dtype,
+      rngs=rngs,
+      embedding_init=partitioned(_init, axes.VOCAB, axes.EMBED),
+    )
+    self.position = nnx.Embed(
+      cfg.max_len,
+      cfg.hidden_size,
+      dtype=dtype,
+      rngs=rngs,
+      embedding_init=partitioned(_init, None, axes.EMBED),
+    )
     if cfg.type_vocab_size:
-      self.token_type = nnx.Embed(cfg.type_vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs,
-                                  embedding_init=partitioned(_init, None, "embed"))
+      self.token_type = nnx.Embed(
+        cfg.type_vocab_size,
+        cfg.hidden_size,
+        dtype=dtype,
+        rngs=rngs,
+        embedding_init=partitioned(_init, None, axes.EMBED),
+      )
     self.norm = _layer_norm(cfg, rngs)
     self.dropout = nnx.Dropout(cfg.dropout_rate)
 
@@ -55,9 +80,9 @@ class Embeddings(nnx.Module):
     n = input_ids.shape[1]
     if n > self.cfg.max_len:
       raise ValueError(
-          f"Input length {n} exceeds the model's maximum length config.model.max_len="
-          f"{self.cfg.max_len}. Truncate inputs (e.g. config.max_seq_len) or build the model "
-          "with a larger max_len."
+        f"Input length {n} exceeds the model's maximum length config.model.max_len="
+        f"{self.cfg.max_len}. Truncate inputs (e.g. config.max_seq_len) or build the model "
+        "with a larger max_len."
       )
     x = self.token(input_ids) + self.position(jnp.arange(n))[None]
     if self.cfg.type_vocab_size:
@@ -70,14 +95,13 @@ class Embeddings(nnx.Module):
 class EncoderLayer(nnx.Module):
   """Attention and GELU MLP, each with residual, dropout and LayerNorm (post-LN or pre-LN)."""
 
-  def __init__(self, cfg: ModelConfig, layer: int, shared: SeqProjection | None, *,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, layer: int, shared: SeqProjection | None, *, rngs: nnx.Rngs):
     self.pre_ln = cfg.pre_ln
     self.cfg = cfg
     self.attention = SelfAttention(cfg, layer, shared, rngs=rngs)
     self.attention_norm = _layer_norm(cfg, rngs)
-    self.mlp_in = _dense(cfg, cfg.hidden_size, cfg.mlp_dim, ("embed", "mlp"), rngs)
-    self.mlp_out = _dense(cfg, cfg.mlp_dim, cfg.hidden_size, ("mlp", "embed"), rngs)
+    self.mlp_in = _dense(cfg, cfg.hidden_size, cfg.mlp_dim, (axes.EMBED, axes.MLP), rngs)
+    self.mlp_out = _dense(cfg, cfg.mlp_dim, cfg.hidden_size, (axes.MLP, axes.EMBED), rngs)
     self.mlp_norm = _layer_norm(cfg, rngs)
     self.dropout = nnx.Dropout(cfg.dropout_rate)
 
@@ -101,19 +125,22 @@ class Encoder(nnx.Module):
     shared = None
     if cfg.attention == "linformer" and cfg.sharing == "layerwise":
       # One matrix for every layer, head, key and value; each layer refers to this module.
-      shared = SeqProjection(cfg.projection, cfg.max_len, cfg.layer_ks[0], None, rngs=rngs)
-    self.layers = nnx.List([EncoderLayer(cfg, i, shared, rngs=rngs)
-                            for i in range(cfg.num_layers)])
+      shared = SeqProjection(
+        cfg.projection, cfg.max_len, cfg.layer_ks[0], None, rngs=rngs, init=cfg.projection_init
+      )
+    self.layers = nnx.List([EncoderLayer(cfg, i, shared, rngs=rngs) for i in range(cfg.num_layers)])
     if cfg.pre_ln:
       self.final_norm = _layer_norm(cfg, rngs)
 
-  def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True,
-               rngs=None):
+  def __call__(
+    self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True, rngs=None
+  ):
     x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
     for layer in self.layers:
       if self.cfg.remat:
         x = nnx.remat(lambda lyr, x, m, r: lyr(x, m, deterministic=deterministic, rngs=r))(
-            layer, x, attention_mask, rngs)
+          layer, x, attention_mask, rngs
+        )
       else:
         x = layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
     if self.cfg.pre_ln:
@@ -131,15 +158,27 @@ class MaskedLM(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.encoder = Encoder(cfg, rngs=rngs)
-    self.mlm_dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", "embed_out"), rngs)
+    self.mlm_dense = _dense(
+      cfg, cfg.hidden_size, cfg.hidden_size, (axes.EMBED, axes.EMBED_OUT), rngs
+    )
     self.mlm_norm = _layer_norm(cfg, rngs)
-    self.mlm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32), out_sharding=("vocab",),
-                              eager_sharding=False)
+    self.mlm_bias = nnx.Param(
+      jnp.zeros((cfg.vocab_size,), jnp.float32), out_sharding=(axes.VOCAB,), eager_sharding=False
+    )
 
-  def __call__(self, input_ids, attention_mask, mlm_positions, token_type_ids=None, *,
-               deterministic=True, rngs=None):
-    h = self.encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-                     rngs=rngs)
+  def __call__(
+    self,
+    input_ids,
+    attention_mask,
+    mlm_positions,
+    token_type_ids=None,
+    *,
+    deterministic=True,
+    rngs=None,
+  ):
+    h = self.encoder(
+      input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
+    )
     h = jnp.take_along_axis(h, mlm_positions[:, :, None], axis=1)
     h = self.mlm_norm(_gelu(self.cfg, self.mlm_dense(h)))
     logits = self.encoder.embeddings.token.attend(h)
@@ -154,14 +193,18 @@ class SequenceClassifier(nnx.Module):
       raise ConfigError(f"num_labels={num_labels}: must be >= 1 (1 for regression).")
     self.cfg = cfg
     self.encoder = Encoder(cfg, rngs=rngs)
-    self.cls_dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", "embed_out"), rngs)
-    self.cls_out = _dense(cfg, cfg.hidden_size, num_labels, ("embed", None), rngs)
+    self.cls_dense = _dense(
+      cfg, cfg.hidden_size, cfg.hidden_size, (axes.EMBED, axes.EMBED_OUT), rngs
+    )
+    self.cls_out = _dense(cfg, cfg.hidden_size, num_labels, (axes.EMBED, None), rngs)
     self.dropout = nnx.Dropout(cfg.dropout_rate)
 
-  def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True,
-               rngs=None):
-    h = self.encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-                     rngs=rngs)
+  def __call__(
+    self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True, rngs=None
+  ):
+    h = self.encoder(
+      input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
+    )
     drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
     h = jnp.tanh(self.cls_dense(drop(h[:, 0])))
     return self.cls_out(drop(h)).astype(jnp.float32)

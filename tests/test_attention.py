@@ -1,6 +1,5 @@
 """Linformer and full attention: sharing, projections, exact padding, gradients."""
 
-import dataclasses
 import itertools
 import math
 
@@ -14,31 +13,55 @@ from linformer.attention import FixedProjection, SelfAttention, SeqProjection
 from linformer.config import PROJECTIONS, SHARING_MODES, ModelConfig
 from linformer.model import Encoder
 
-SMALL = dict(vocab_size=97, max_len=64, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64,
-             k=16, dropout_rate=0.0, attention_dropout_rate=0.0)
+SMALL = dict(
+  vocab_size=97,
+  max_len=64,
+  num_layers=2,
+  hidden_size=32,
+  num_heads=4,
+  mlp_dim=64,
+  k=16,
+  dropout_rate=0.0,
+  attention_dropout_rate=0.0,
+)
 
 
 def projection_vars(module):
   """Distinct projection variables (shared ones appear once in NNX state)."""
   state = nnx.state(module, nnx.Any(nnx.Param, FixedProjection))
-  return {path: v for path, v in nnx.to_flat_state(state)
-          if any(str(p).startswith("proj") for p in path) or "shared" in str(path)}
+  return {
+    path: v
+    for path, v in nnx.to_flat_state(state)
+    if any(str(p).startswith("proj") for p in path) or "shared" in str(path)
+  }
 
 
 def count_matrices(module):
   """One matrix per leading index: a (heads, k, n) variable is `heads` matrices."""
   # A `matrix` is (..., k, n); a conv `kernel` is (..., taps).
-  return sum(math.prod(v.shape[:-2]) if path[-1] == "matrix" else math.prod(v.shape[:-1])
-             for path, v in projection_vars(module).items())
+  return sum(
+    math.prod(v.shape[:-2]) if path[-1] == "matrix" else math.prod(v.shape[:-1])
+    for path, v in projection_vars(module).items()
+  )
 
 
-@pytest.mark.parametrize("sharing,expected", [("none", 288), ("headwise", 24), ("kv", 12),
-                                              ("layerwise", 1)])
+@pytest.mark.parametrize(
+  "sharing,expected", [("none", 288), ("headwise", 24), ("kv", 12), ("layerwise", 1)]
+)
 @pytest.mark.parametrize("projection", ["learned", "random", "conv"])
 def test_distinct_matrix_counts_match_paper(sharing, expected, projection):
   # 12 layers x 12 heads, as in the paper; tiny widths so building is cheap.
-  cfg = ModelConfig(vocab_size=11, max_len=32, num_layers=12, hidden_size=24, num_heads=12,
-                    mlp_dim=8, k=8, sharing=sharing, projection=projection)
+  cfg = ModelConfig(
+    vocab_size=11,
+    max_len=32,
+    num_layers=12,
+    hidden_size=24,
+    num_heads=12,
+    mlp_dim=8,
+    k=8,
+    sharing=sharing,
+    projection=projection,
+  )
   encoder = nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0)))
   assert count_matrices(encoder) == expected
 
@@ -46,11 +69,12 @@ def test_distinct_matrix_counts_match_paper(sharing, expected, projection):
 def test_sharing_is_object_identity():
   cfg = ModelConfig(**{**SMALL, "sharing": "layerwise"})
   enc = Encoder(cfg, rngs=nnx.Rngs(0))
-  projs = {id(l.attention.proj_k) for l in enc.layers} | {id(l.attention.proj_v)
-                                                          for l in enc.layers}
+  projs = {id(layer.attention.proj_k) for layer in enc.layers} | {
+    id(layer.attention.proj_v) for layer in enc.layers
+  }
   assert len(projs) == 1
   kv = Encoder(ModelConfig(**{**SMALL, "sharing": "kv"}), rngs=nnx.Rngs(0))
-  assert all(l.attention.proj_k is l.attention.proj_v for l in kv.layers)
+  assert all(layer.attention.proj_k is layer.attention.proj_v for layer in kv.layers)
   assert kv.layers[0].attention.proj_k is not kv.layers[1].attention.proj_k
 
 
@@ -82,6 +106,7 @@ def test_padding_is_exact(sharing, projection):
     np.testing.assert_allclose(out[:, :length], ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("projection", PROJECTIONS)
 def test_padding_exact_with_per_example_lengths(projection):
   """Rows of one batch with different lengths each match their own unpadded run."""
@@ -93,7 +118,7 @@ def test_padding_exact_with_per_example_lengths(projection):
   mask = (np.arange(64)[None] < np.array(lengths)[:, None]).astype(np.int32)
   out = enc(batch, mask)
   for i, n in enumerate(lengths):
-    ref = enc(batch[i:i + 1, :n], np.ones((1, n), np.int32))
+    ref = enc(batch[i : i + 1, :n], np.ones((1, n), np.int32))
     np.testing.assert_allclose(out[i, :n], ref[0], atol=1e-5, rtol=0)
 
 
@@ -117,19 +142,27 @@ def test_identity_projection_equals_full_attention():
 
 
 def _grads(projection, sharing="headwise"):
-  cfg = ModelConfig(**{**SMALL, "projection": projection, "sharing": sharing,
-                       "dropout_rate": 0.1, "attention_dropout_rate": 0.1})
+  cfg = ModelConfig(
+    **{
+      **SMALL,
+      "projection": projection,
+      "sharing": sharing,
+      "dropout_rate": 0.1,
+      "attention_dropout_rate": 0.1,
+    }
+  )
   enc = Encoder(cfg, rngs=nnx.Rngs(0))
   ids = jnp.arange(2 * 50).reshape(2, 50) % cfg.vocab_size
   mask = jnp.arange(50)[None] < jnp.array([[50], [30]])
 
   def loss(model):
     out = model(ids, mask, deterministic=False, rngs=nnx.Rngs(dropout=0))
-    return jnp.mean(out ** 2)
+    return jnp.mean(out**2)
 
   return nnx.grad(loss)(enc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("projection", ["learned", "conv"])
 def test_gradients_reach_trained_projections(projection):
   grads = _grads(projection)
@@ -162,8 +195,9 @@ def test_variable_length_uses_first_columns():
   x = jax.random.normal(jax.random.key(1), (1, 20, 4, 8))
   out, mask = proj(x, jnp.ones((1, 20), bool))
   assert mask is None
-  np.testing.assert_allclose(out, jnp.einsum("kn,bnhd->bkhd", proj.matrix[...][:, :20], x),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    out, jnp.einsum("kn,bnhd->bkhd", proj.matrix[...][:, :20], x), atol=1e-6
+  )
 
 
 def test_longer_input_than_max_len_is_an_error():

@@ -15,15 +15,16 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never reach the hub
 
-from linformer.convert import hf_import  # noqa: E402
-from linformer.convert.hf_import import HFImportError, load_pretrained  # noqa: E402
+from linformer.convert import hf_config, hf_import  # noqa: E402
+from linformer.convert.hf_config import HFImportError  # noqa: E402
+from linformer.convert.hf_import import load_pretrained  # noqa: E402
 
 SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Return a new sorted list from the items in iterable.",
-    "Hi!",
-    "A dictionary maps hashable keys to arbitrary objects; it is mutable and preserves "
-    "insertion order since Python 3.7.",
+  "The quick brown fox jumps over the lazy dog.",
+  "Return a new sorted list from the items in iterable.",
+  "Hi!",
+  "A dictionary maps hashable keys to arbitrary objects; it is mutable and preserves "
+  "insertion order since Python 3.7.",
 ]
 
 
@@ -58,7 +59,7 @@ def batch(tokenizer, examples):
   token_types = np.zeros_like(ids)
   mask = np.zeros((len(rows), n), bool)
   for i, (r, t) in enumerate(zip(rows, types)):
-    ids[i, :len(r)], token_types[i, :len(t)], mask[i, :len(r)] = r, t, True
+    ids[i, : len(r)], token_types[i, : len(t)], mask[i, : len(r)] = r, t, True
   return ids, mask, token_types
 
 
@@ -69,8 +70,11 @@ def test_minilm_config_and_report(minilm):
   assert cfg.attention == "full" and not cfg.pre_ln and not cfg.gelu_approximate
   assert cfg.layer_norm_eps == 1e-12
   assert report.model_type == "bert" and report.position_offset == 0
-  assert set(report.skipped) == {"embeddings.position_ids", "pooler.dense.weight",
-                                 "pooler.dense.bias"}
+  assert set(report.skipped) == {
+    "embeddings.position_ids",
+    "pooler.dense.weight",
+    "pooler.dense.bias",
+  }
   assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 101, 102)
 
 
@@ -83,12 +87,14 @@ def test_minilm_matches_transformers_bert(minilm):
   assert not mask.all() and token_types.any()  # padding and a second segment are exercised
 
   reference = transformers.BertModel.from_pretrained(
-      minilm_dir(), attn_implementation="eager", torch_dtype=torch.float32).eval()
+    minilm_dir(), attn_implementation="eager", torch_dtype=torch.float32
+  ).eval()
   with torch.no_grad():
-    want = reference(input_ids=torch.tensor(ids, dtype=torch.long),
-                     attention_mask=torch.tensor(mask, dtype=torch.long),
-                     token_type_ids=torch.tensor(token_types, dtype=torch.long)
-                     ).last_hidden_state.numpy()
+    want = reference(
+      input_ids=torch.tensor(ids, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+      token_type_ids=torch.tensor(token_types, dtype=torch.long),
+    ).last_hidden_state.numpy()
   got = np.asarray(encoder(ids, mask, token_types))
   assert got.dtype == np.float32 and got.shape == want.shape
   # Real tokens only: outputs at padded positions are unused by both implementations.
@@ -99,9 +105,16 @@ def test_minilm_matches_transformers_bert(minilm):
 def tiny_roberta(tmp_path, torch, transformers):
   """A random 2-layer RoBERTa saved in HF format, every parameter perturbed."""
   config = transformers.RobertaConfig(
-      vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-      intermediate_size=64, max_position_embeddings=40, type_vocab_size=1, pad_token_id=1,
-      layer_norm_eps=1e-5)
+    vocab_size=30522,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=40,
+    type_vocab_size=1,
+    pad_token_id=1,
+    layer_norm_eps=1e-5,
+  )
   torch.manual_seed(0)
   model = transformers.RobertaModel(config, add_pooling_layer=True).eval()
   with torch.no_grad():
@@ -129,9 +142,10 @@ def test_roberta_positions_start_after_padding_idx(tmp_path):
     ids[i, :n] = rng.integers(5, 30522, n)  # never the pad id: RoBERTa derives positions from it
     mask[i, :n] = True
   with torch.no_grad():
-    want = reference(input_ids=torch.tensor(ids, dtype=torch.long),
-                     attention_mask=torch.tensor(mask, dtype=torch.long)
-                     ).last_hidden_state.numpy()
+    want = reference(
+      input_ids=torch.tensor(ids, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+    ).last_hidden_state.numpy()
   got = np.asarray(encoder(ids, mask))
   diff = np.abs(got - want)[mask].max()
   assert diff < 1e-4, diff
@@ -144,8 +158,9 @@ def test_prefixed_task_checkpoint_loads_and_skips_heads(minilm, minilm_tensors):
   loaded, skipped = hf_import.encoder_from_tensors(cfg, tensors, "bert")
   assert "cls.predictions.bias" in skipped and "pooler.dense.weight" in skipped
   ids, mask, types = batch(tokenizer, SENTENCES[:2])
-  np.testing.assert_array_equal(np.asarray(loaded(ids, mask, types)),
-                                np.asarray(encoder(ids, mask, types)))
+  np.testing.assert_array_equal(
+    np.asarray(loaded(ids, mask, types)), np.asarray(encoder(ids, mask, types))
+  )
 
 
 def test_missing_and_unexpected_tensors_are_listed(minilm, minilm_tensors):
@@ -170,10 +185,12 @@ def test_wrong_shape_is_an_error(minilm, minilm_tensors):
 def test_unsupported_configs(tmp_path):
   with open(os.path.join(minilm_dir(), "config.json")) as f:
     base = json.load(f)
-  for change, match in [({"model_type": "gpt2"}, "model_type='gpt2'"),
-                        ({"hidden_act": "relu"}, "hidden_act='relu'"),
-                        ({"position_embedding_type": "relative_key"}, "absolute")]:
+  for change, match in [
+    ({"model_type": "gpt2"}, "model_type='gpt2'"),
+    ({"hidden_act": "relu"}, "hidden_act='relu'"),
+    ({"position_embedding_type": "relative_key"}, "absolute"),
+  ]:
     with pytest.raises(HFImportError, match=match):
-      hf_import.model_config_from_hf({**base, **change})
+      hf_config.model_config_from_hf({**base, **change})
   with pytest.raises(FileNotFoundError, match="config.json"):
     load_pretrained(str(tmp_path))

@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from linformer.config import ConfigError, ModelConfig
 from linformer.model import Encoder, MaskedLM, SequenceClassifier
 
-SMALL = dict(vocab_size=97, max_len=64, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64,
-             k=16)
+SMALL = dict(vocab_size=97, max_len=64, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64, k=16)
 
 
 def test_mlm_logits_only_at_asked_positions():
@@ -25,19 +25,18 @@ def test_mlm_logits_only_at_asked_positions():
   hidden = model.encoder(ids, mask)
   h = model.mlm_norm(jax.nn.gelu(model.mlm_dense(hidden), approximate=False))
   full = h @ model.encoder.embeddings.token.embedding[...].T + model.mlm_bias[...]
-  np.testing.assert_allclose(logits, jnp.take_along_axis(full, positions[..., None], 1),
-                             atol=1e-5)
+  np.testing.assert_allclose(logits, jnp.take_along_axis(full, positions[..., None], 1), atol=1e-5)
 
 
 @pytest.mark.parametrize("num_labels", [1, 3])
 def test_classifier_head(num_labels):
-  model = SequenceClassifier(ModelConfig(**SMALL, type_vocab_size=2), num_labels,
-                             rngs=nnx.Rngs(0))
+  model = SequenceClassifier(ModelConfig(**SMALL, type_vocab_size=2), num_labels, rngs=nnx.Rngs(0))
   ids = jnp.ones((4, 20), jnp.int32)
   out = model(ids, jnp.ones_like(ids), token_type_ids=jnp.zeros_like(ids))
   assert out.shape == (4, num_labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pre_ln", [False, True])
 def test_pre_and_post_ln_and_remat_agree(pre_ln):
   """Rematerialisation changes memory, not values: same loss and gradients."""
@@ -71,8 +70,9 @@ def test_jit_on_eight_devices():
 
   sharded = forward(state, ids, positions)
   assert len(sharded.sharding.device_set) == 8
-  np.testing.assert_allclose(sharded, model(np.asarray(ids), np.ones((8, 64)),
-                                            np.zeros((8, 4), np.int32)), atol=1e-5)
+  np.testing.assert_allclose(
+    sharded, model(np.asarray(ids), np.ones((8, 64)), np.zeros((8, 4), np.int32)), atol=1e-5
+  )
 
 
 def test_parameters_carry_logical_axis_names():
@@ -86,19 +86,19 @@ def test_parameters_carry_logical_axis_names():
 
 
 BAD = [
-    (dict(k=65), "config.model.k=65.*larger than the sequence length"),
-    (dict(hidden_size=30), "config.model.hidden_size=30.*not divisible by num_heads=4"),
-    (dict(sharing="rows"), "config.model.sharing='rows'.*unknown sharing mode"),
-    (dict(projection="fft"), "config.model.projection='fft'.*unknown projection"),
-    (dict(attention="sparse"), "config.model.attention='sparse'.*unknown attention"),
-    (dict(projection="mean_pool", k=24), "mean_pool uses kernel and stride.*not divisible"),
-    (dict(projection="conv", k=[16, 24]), r"k\[1\]=24.*conv uses kernel and stride"),
-    (dict(k=[16, 16, 16]), "has 3 entries for num_layers=2"),
-    (dict(k=[16, 32], sharing="layerwise"), "layerwise sharing uses one matrix"),
-    (dict(k=0), "config.model.k=0.*must be positive"),
-    (dict(dropout_rate=1.0), "dropout_rate=1.0.*must be in"),
-    (dict(dtype="float8"), "config.model.dtype='float8'.*unknown dtype"),
-    (dict(num_layers=0), "num_layers=0.*positive integer"),
+  (dict(k=65), "config.model.k=65.*larger than the sequence length"),
+  (dict(hidden_size=30), "config.model.hidden_size=30.*not divisible by num_heads=4"),
+  (dict(sharing="rows"), "config.model.sharing='rows'.*unknown sharing mode"),
+  (dict(projection="fft"), "config.model.projection='fft'.*unknown projection"),
+  (dict(attention="sparse"), "config.model.attention='sparse'.*unknown attention"),
+  (dict(projection="mean_pool", k=24), "mean_pool uses kernel and stride.*not divisible"),
+  (dict(projection="conv", k=[16, 24]), r"k\[1\]=24.*conv uses kernel and stride"),
+  (dict(k=[16, 16, 16]), "has 3 entries for num_layers=2"),
+  (dict(k=[16, 32], sharing="layerwise"), "layerwise sharing uses one matrix"),
+  (dict(k=0), "config.model.k=0.*must be positive"),
+  (dict(dropout_rate=1.0), "dropout_rate=1.0.*must be in"),
+  (dict(dtype="float8"), "config.model.dtype='float8'.*unknown dtype"),
+  (dict(num_layers=0), "num_layers=0.*positive integer"),
 ]
 
 

@@ -13,8 +13,16 @@ from linformer.analysis import spectrum
 from linformer.config import ModelConfig
 from linformer.model import Encoder
 
-TINY = dict(vocab_size=100, max_len=16, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64,
-            attention="full", type_vocab_size=2)
+TINY = dict(
+  vocab_size=100,
+  max_len=16,
+  num_layers=2,
+  hidden_size=32,
+  num_heads=4,
+  mlp_dim=64,
+  attention="full",
+  type_vocab_size=2,
+)
 
 
 def tiny_inputs(batch=3, n=16, seed=0):
@@ -76,8 +84,9 @@ def test_rank_r_matrix_reaches_one_at_r(r):
     assert (spectrum.value_at(curve, r - 1) < 0.999).all()
   # A softmax of a constant row is rank one: all of its spectrum is in s_1.
   uniform = jnp.full((n, n), 1.0 / n)
-  assert float(spectrum.value_at(spectrum.cumulative_curve(spectrum.singular_values(uniform)),
-                                 1)) == pytest.approx(1.0, abs=1e-5)
+  assert float(
+    spectrum.value_at(spectrum.cumulative_curve(spectrum.singular_values(uniform)), 1)
+  ) == pytest.approx(1.0, abs=1e-5)
 
 
 class _Chars:
@@ -109,8 +118,16 @@ def minilm_dir():
 
 def test_cli_run_on_minilm(data_dir, tmp_path, capsys):
   out = tmp_path / "spectrum"
-  result = spectrum.run(hf_dir=minilm_dir(), out_dir=str(out), data_dir=data_dir,
-                        num_sequences=2, n=128, k=32, batch_size=2, progress=False)
+  result = spectrum.run(
+    hf_dir=minilm_dir(),
+    out_dir=str(out),
+    data_dir=data_dir,
+    num_sequences=2,
+    n=128,
+    k=32,
+    batch_size=2,
+    progress=False,
+  )
   for name in ("spectrum.json", "spectrum_curves.png", "spectrum_heatmap.png"):
     assert (out / name).stat().st_size > 1000, name
   with open(out / "spectrum.json") as f:
@@ -130,16 +147,28 @@ def test_cli_run_on_minilm(data_dir, tmp_path, capsys):
   assert "| layer | mean c(32)" in printed and "Higher layers more skewed" in printed
 
 
+@pytest.mark.slow
 def test_cli_run_on_a_full_attention_workdir(data_dir, tmp_path):
   from linformer.training.loop import train_and_evaluate
   from tests.helpers import small_config
 
-  config = small_config(data_dir, num_train_steps=2, checkpoint_every_steps=2,
-                        **{"model.attention": "full", "optimizer.warmup_steps": 1})
+  config = small_config(
+    data_dir,
+    num_train_steps=2,
+    checkpoint_every_steps=2,
+    **{"model.attention": "full", "optimizer.warmup_steps": 1},
+  )
   train_and_evaluate(config, str(tmp_path / "run"))
-  result = spectrum.run(workdir=str(tmp_path / "run"), out_dir=str(tmp_path / "out"),
-                        data_dir=data_dir, num_sequences=2, n=512, k=8, batch_size=2,
-                        progress=False)
+  result = spectrum.run(
+    workdir=str(tmp_path / "run"),
+    out_dir=str(tmp_path / "out"),
+    data_dir=data_dir,
+    num_sequences=2,
+    n=512,
+    k=8,
+    batch_size=2,
+    progress=False,
+  )
   assert result["n"] == 64  # capped at the run's max_len
   assert np.asarray(result["value_at_k"]).shape == (2, 4)
   assert result["source"]["workdir"].endswith("run")

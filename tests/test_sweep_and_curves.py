@@ -15,26 +15,48 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_figure3_sweeps_expand_to_the_papers_variants():
   fig3a = sweep.variants("configs/pretrain.py:sweep=fig3a,size=tiny,steps=50")
-  assert [name for name, _, _ in fig3a] == ["n=512,attention=full", "n=512,k=64",
-                                            "n=512,k=128", "n=512,k=256"]
+  assert [name for name, _, _ in fig3a] == [
+    "n=512,attention=full",
+    "n=512,k=64",
+    "n=512,k=128",
+    "n=512,k=256",
+  ]
   assert fig3a[1][1] == "configs/pretrain.py:size=tiny,steps=50,n=512,k=64"
   fig3c = sweep.variants("configs/pretrain.py:sweep=fig3c")
-  assert [cfg.rsplit("sharing=", 1)[1] for _, cfg, _ in fig3c] == ["none", "headwise", "kv",
-                                                                    "layerwise"]
+  assert [cfg.rsplit("sharing=", 1)[1] for _, cfg, _ in fig3c] == [
+    "none",
+    "headwise",
+    "kv",
+    "layerwise",
+  ]
   fig3d = sweep.variants("configs/pretrain.py:sweep=fig3d")
   assert [cfg for _, cfg, _ in fig3d][-1].endswith("n=4096,k=256")
 
 
 def test_finetune_sweep_is_the_roberta_grid():
-  grid = sweep.variants("configs/finetune.py:task=sst2")
+  grid = sweep.variants("configs/finetune.py:dataset=sst2")
   assert len(grid) == 6
   assert grid[0][2] == ["--config.optimizer.lr=1e-05", "--config.batch_size=16"]
 
 
 def test_dry_run_prints_one_command_per_variant(tmp_path):
-  out = subprocess.run([sys.executable, "sweep.py", "--config=configs/pretrain.py:sweep=fig3b",
-                        f"--workdir={tmp_path}", "--dry_run"], cwd=ROOT, capture_output=True,
-                       text=True, check=True).stdout.strip().splitlines()
+  out = (
+    subprocess.run(
+      [
+        sys.executable,
+        "sweep.py",
+        "--config=configs/pretrain.py:sweep=fig3b",
+        f"--workdir={tmp_path}",
+        "--dry_run",
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      check=True,
+    )
+    .stdout.strip()
+    .splitlines()
+  )
   assert len(out) == 4 and all(line.startswith("python train.py --config=") for line in out)
 
 
@@ -53,13 +75,19 @@ def _fake_run(path, model, ppl):
 
 
 def test_curves_plot_and_table(tmp_path):
-  _fake_run(tmp_path / "a", {"attention": "full", "max_len": 512, "k": 128, "sharing": "none"},
-            (50.0, 20.0))
-  _fake_run(tmp_path / "b", {"attention": "linformer", "max_len": 512, "k": 64,
-                             "sharing": "kv"}, (60.0, 25.0))
+  _fake_run(
+    tmp_path / "a", {"attention": "full", "max_len": 512, "k": 128, "sharing": "none"}, (50.0, 20.0)
+  )
+  _fake_run(
+    tmp_path / "b",
+    {"attention": "linformer", "max_len": 512, "k": 64, "sharing": "kv"},
+    (60.0, 25.0),
+  )
   data = curves.curves([str(tmp_path / "a"), str(tmp_path / "b")])
-  assert data == {"Transformer, n=512": ([100, 200], [50.0, 20.0]),
-                  "Linformer n=512, k=64, kv": ([100, 200], [60.0, 25.0])}
+  assert data == {
+    "Transformer, n=512": ([100, 200], [50.0, 20.0]),
+    "Linformer n=512, k=64, kv": ([100, 200], [60.0, 25.0]),
+  }
   curves.plot(data, str(tmp_path / "fig.png"), "perplexity")
   assert os.path.getsize(tmp_path / "fig.png") > 1000
   assert "| Linformer n=512, k=64, kv | 200 | 25.0 |" in curves.table(data, "perplexity")
@@ -68,19 +96,25 @@ def test_curves_plot_and_table(tmp_path):
 def test_table2_takes_the_best_of_the_grid(tmp_path):
   from linformer.analysis import table2
 
-  def run(name, task, model, accs):
+  def run(name, dataset, model, accs, key="dataset"):
     d = tmp_path / name
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"data": {"task": task}, "model": model}))
-    split = "test" if task == "imdb" else "validation"
-    (d / "results.json").write_text(json.dumps(
-        {"evaluations": [{"step": i, f"{split}/accuracy": a} for i, a in enumerate(accs)]}))
+    (d / "config.json").write_text(json.dumps({"data": {key: dataset}, "model": model}))
+    split = "test" if dataset == "imdb" else "validation"
+    (d / "results.json").write_text(
+      json.dumps({"evaluations": [{"step": i, f"{split}/accuracy": a} for i, a in enumerate(accs)]})
+    )
     return str(d)
 
   lin = {"attention": "linformer", "max_len": 512, "k": 128, "sharing": "layerwise"}
-  runs = [run("a", "sst2", lin, [0.80, 0.85]), run("b", "sst2", lin, [0.90]),
-          run("c", "imdb", lin, [0.70])]
+  runs = [
+    run("a", "sst2", lin, [0.80, 0.85]),
+    run("b", "sst2", lin, [0.90]),
+    run("c", "imdb", lin, [0.70], key="task"),
+  ]  # a run made before the rename
   table = table2.collect(runs)
   assert table == {(512, "k=128, shared kv, layer"): {"sst2": 90.0, "imdb": 70.0}}
   text = table2.markdown(table)
-  assert "| 512 | k=128, shared kv, layer | 90.0 / 93.2 | 70.0 / 93.8 | - / 90.1 | - / 90.2 |" in text
+  assert (
+    "| 512 | k=128, shared kv, layer | 90.0 / 93.2 | 70.0 / 93.8 | - / 90.1 | - / 90.2 |" in text
+  )

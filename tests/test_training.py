@@ -12,14 +12,13 @@ import time
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from configs import pretrain
-from tests.helpers import small_config
 from linformer.config import ConfigError
 from linformer.training import checkpointing
 from linformer.training.loop import TrainingDiverged, train_and_evaluate
 from linformer.training.metric_writer import read_metrics
+from tests.helpers import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +47,8 @@ def test_loss_falls_and_outputs_are_written(reference):
   # From ln(vocab) = 6.9 (uniform guess) it drops by ~0.4 in 12 steps; 0.25 is well clear of
   # batch-to-batch noise (~0.03 here).
   assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.25
-  assert {"accuracy", "perplexity", "lr", "grad_norm", "tokens_per_sec"} <= set(train[0])
+  assert {"accuracy", "perplexity", "lr", "grad_norm", "tokens_per_sec", "mfu"} <= set(train[0])
+  assert all(0 < r["mfu"] < 1 for r in train)
   ev = read_metrics(workdir, "eval")[-1]
   assert ev["step"] == 12 and ev["perplexity"] > 1 and ev["unigram_perplexity"] > 1
   assert os.listdir(os.path.join(workdir, "tensorboard"))
@@ -56,6 +56,7 @@ def test_loss_falls_and_outputs_are_written(reference):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6"]
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_is_exact(reference, data_dir, tmp_path):
   workdir = str(tmp_path)
   config = small_config(data_dir)
@@ -68,13 +69,17 @@ def test_interrupt_and_resume_is_exact(reference, data_dir, tmp_path):
   assert steps == list(range(1, 13))  # no duplicated records after the resume
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_resumes_exactly(reference, data_dir, tmp_path):
   """A run killed with SIGKILL restarts from its last finalized checkpoint."""
   workdir = str(tmp_path)
   config = small_config(data_dir, checkpoint_every_steps=2)
-  args = [sys.executable, "train.py", "--config=configs/pretrain.py:size=tiny,n=64,k=16,"
-          "steps=12,batch=16", f"--workdir={workdir}"] + [
-              f"--config.{k}={v}" for k, v in _flat_overrides(config).items()]
+  args = [
+    sys.executable,
+    "train.py",
+    "--config=configs/pretrain.py:size=tiny,n=64,k=16,steps=12,batch=16",
+    f"--workdir={workdir}",
+  ] + [f"--config.{k}={v}" for k, v in _flat_overrides(config).items()]
   proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   deadline = time.time() + 240
@@ -100,9 +105,10 @@ def _flat_overrides(config):
   return {k: v for k, v in new.items() if new[k] != old.get(k)}
 
 
+@pytest.mark.slow
 def test_sharded_equals_unsharded(data_dir, tmp_path):
   assert jax.device_count() == 8
-  one = train_and_evaluate(small_config(data_dir, num_train_steps=3), str(tmp_path / "one"))
+  train_and_evaluate(small_config(data_dir, num_train_steps=3), str(tmp_path / "one"))
   cfg = small_config(data_dir, num_train_steps=3)
   cfg.mesh.update(data=2, fsdp=2, tensor=2)
   eight = train_and_evaluate(cfg, str(tmp_path / "eight"))
@@ -115,6 +121,7 @@ def test_sharded_equals_unsharded(data_dir, tmp_path):
   np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_onto_another_mesh(reference, data_dir, tmp_path):
   """A checkpoint written on one device continues on a 2x2x2 mesh."""
   workdir = str(tmp_path)
@@ -140,6 +147,7 @@ train_and_evaluate(cfg, sys.argv[4])
 """
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(data_dir, tmp_path):
   single = str(tmp_path / "single")
   cfg = small_config(data_dir, num_train_steps=3)
@@ -150,10 +158,16 @@ def test_two_processes_match_one(data_dir, tmp_path):
     port = s.getsockname()[1]
   multi = str(tmp_path / "multi")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS, f"localhost:{port}", str(i),
-                             data_dir, multi], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", TWO_PROCESS, f"localhost:{port}", str(i), data_dir, multi],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+    )
+    for i in range(2)
+  ]
   for p in procs:
     _, err = p.communicate(timeout=400)
     assert p.returncode == 0, err.decode()[-3000:]
@@ -163,6 +177,7 @@ def test_two_processes_match_one(data_dir, tmp_path):
   np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_divergence_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
   # Warmup from 0 to an absurd rate: step 1 is fine (lr 0), step 2 overflows.
   cfg = small_config(data_dir, checkpoint_every_steps=1, log_every_steps=4)
@@ -173,13 +188,16 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
   assert manager.all_steps() == [1]
 
 
-@pytest.mark.parametrize("overrides,message", [
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
     (dict(batch_size=12), "batch_size=12 must be divisible by .* data-parallel size 8"),
     (dict(**{"mesh.data": 16}), "needs 16 devices but only 8"),
     (dict(**{"model.max_len": 48, "model.k": 100}), "config.model.k=100"),
     (dict(**{"optimizer.schedule": "cyclic"}), "config.optimizer.schedule='cyclic'"),
     (dict(task="mt"), "config.task='mt': unknown task"),
-])
+  ],
+)
 def test_bad_config_errors_before_compiling(data_dir, tmp_path, overrides, message):
   cfg = small_config(data_dir, **overrides)
   if "batch_size" in overrides:
@@ -193,18 +211,92 @@ def test_incompatible_workdir_names_the_fields(reference, data_dir):
   cfg = small_config(data_dir)
   cfg.model.hidden_size = 32
   cfg.optimizer.lr = 1e-4
-  with pytest.raises(ConfigError, match="model.hidden_size: workdir has 64, asked 32.*"
-                                        "optimizer.lr"):
+  with pytest.raises(
+    ConfigError, match="model.hidden_size: workdir has 64, asked 32.*optimizer.lr"
+  ):
     train_and_evaluate(cfg, workdir)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_batch(data_dir, tmp_path):
   """Two micro-batches of 8 give the update of one batch of 16 (dropout off: with dropout the
   micro-batches draw different masks by design)."""
-  no_dropout = {"model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0,
-                "num_train_steps": 2, "optimizer.warmup_steps": 1}
+  no_dropout = {
+    "model.dropout_rate": 0.0,
+    "model.attention_dropout_rate": 0.0,
+    "num_train_steps": 2,
+    "optimizer.warmup_steps": 1,
+  }
   one = train_and_evaluate(small_config(data_dir, **no_dropout), str(tmp_path / "one"))
-  two = train_and_evaluate(small_config(data_dir, grad_accum_steps=2, **no_dropout),
-                           str(tmp_path / "two"))
+  two = train_and_evaluate(
+    small_config(data_dir, grad_accum_steps=2, **no_dropout), str(tmp_path / "two")
+  )
   for x, y in zip(jax.tree.leaves(params_of(one)), jax.tree.leaves(params_of(two))):
     np.testing.assert_allclose(x, y, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_init_from_a_run_continues_pretraining_with_its_weights(reference, data_dir, tmp_path):
+  workdir, done = reference
+  config = small_config(data_dir, init_from=workdir)
+  result = train_and_evaluate(config, str(tmp_path), until_step=0)
+  assert_trees_equal(params_of(result), params_of(done))
+  assert int(result["state"].step) == 0  # a new run: fresh optimizer and schedule
+  assert os.listdir(tmp_path / "tokenizer") == os.listdir(os.path.join(workdir, "tokenizer"))
+
+
+@pytest.mark.slow
+def test_eval_on_the_train_split(reference):
+  workdir, _ = reference
+  out = subprocess.run(
+    [sys.executable, "eval.py", f"--workdir={workdir}", "--split=train", "--num_eval_steps=2"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  metrics = json.loads(out.stdout[out.stdout.index("{") :])
+  assert metrics["step"] == 12 and metrics["train/perplexity"] > 1
+  assert "train/unigram_perplexity" in metrics
+
+
+@pytest.mark.slow
+def test_a_config_saved_before_new_fields_still_resumes(reference, data_dir, tmp_path):
+  """config.json of an older run lacks fields added since (they ran with the default)."""
+  import shutil
+
+  workdir = str(tmp_path / "old")
+  shutil.copytree(reference[0], workdir)
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  del saved["model"]["projection_init"], saved["init_from"]
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  result = train_and_evaluate(small_config(data_dir), workdir)  # resumes at 12, nothing to do
+  assert int(result["state"].step) == 12
+
+
+@pytest.mark.slow
+def test_fill_mask_prints_candidates(reference):
+  workdir, _ = reference
+  out = subprocess.run(
+    [
+      sys.executable,
+      "eval.py",
+      f"--workdir={workdir}",
+      "--fill_mask",
+      "The <mask> module reads <mask> files.",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = [line for line in out.stdout.splitlines() if line.startswith("position ")]
+  assert len(lines) == 2
+  probabilities = [float(x) for x in lines[0].split()[3::2]]
+  assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+  assert 0 < sum(probabilities) <= 1.0001

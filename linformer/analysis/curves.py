@@ -1,9 +1,12 @@
 r"""Figure 3: validation perplexity against updates, one curve per run of a sweep.
 
   python -m linformer.analysis.curves --runs='runs/fig3a/*' --out=runs/fig3a.png
+  python -m linformer.analysis.curves --runs='runs/uptrain/*' --out=up.png --recovery
 
-Reads each run's metrics.jsonl (eval records) and config.json (for the legend), draws a PNG and
-prints a markdown table of every run's final validation perplexity.
+Reads each run's metrics.jsonl (eval records) and config.json (for the legend), draws a PNG (log
+scale when the values span more than 20x) and prints a markdown table of every run's final
+validation perplexity; with --recovery, the uptraining table: perplexity before training, after
+the freeze phase and at the end, MLM accuracy and wall time.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ def label_of(workdir: str) -> str:
     return f"Transformer, n={m['max_len']}"
   k = "/".join(map(str, m["k"])) if isinstance(m["k"], list) else m["k"]
   sharing = "" if m["sharing"] == "none" else f", {m['sharing']}"
-  return f"Linformer n={m['max_len']}, k={k}{sharing}"
+  init = m.get("projection_init", "normal")
+  init = f", E/F init {init}" if init != "normal" else ""
+  return f"Linformer n={m['max_len']}, k={k}{sharing}{init}"
 
 
 def curves(workdirs: list[str], metric: str = "perplexity") -> dict[str, tuple[list, list]]:
@@ -47,8 +52,17 @@ def plot(data: dict, path: str, metric: str, title: str = "") -> None:
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for label, (steps, values) in data.items():
-    ax.plot(steps, values, marker="o", markersize=3,
-            linestyle="--" if label.startswith("Transformer") else "-", label=label)
+    ax.plot(
+      steps,
+      values,
+      marker="o",
+      markersize=3,
+      linestyle="--" if label.startswith("Transformer") else "-",
+      label=label,
+    )
+  values = [v for _, vs in data.values() for v in vs]
+  if values and min(values) > 0 and max(values) / min(values) > 20:
+    ax.set_yscale("log")
   ax.set_xlabel("updates")
   ax.set_ylabel(f"validation {metric}")
   ax.set_title(title)
@@ -60,8 +74,37 @@ def plot(data: dict, path: str, metric: str, title: str = "") -> None:
 
 def table(data: dict, metric: str) -> str:
   rows = [f"| run | steps | final validation {metric} |", "|---|---|---|"]
-  rows += [f"| {label} | {steps[-1]} | {values[-1]:.1f} |"
-           for label, (steps, values) in data.items()]
+  rows += [
+    f"| {label} | {steps[-1]} | {values[-1]:.1f} |" for label, (steps, values) in data.items()
+  ]
+  return "\n".join(rows)
+
+
+def recovery_table(workdirs: list[str]) -> str:
+  """Uptraining runs: validation perplexity at step 0 (the converted model), at the end of the
+  freeze phase and at the end; final MLM accuracy; wall time from config.json (written at the
+  start) to results.json (rewritten at each evaluation)."""
+  rows = [
+    "| run | ppl step 0 | ppl after freeze (step) | final ppl (step) | final MLM acc | wall time |",
+    "|---|---|---|---|---|---|",
+  ]
+  for workdir in sorted(workdirs):
+    records = {r["step"]: r for r in read_metrics(workdir, "eval")}
+    if not records:
+      continue
+    with open(os.path.join(workdir, "config.json")) as f:
+      freeze = json.load(f).get("freeze_pretrained_steps", 0)
+    last = records[max(records)]
+    after = records.get(freeze)
+    minutes = (
+      os.path.getmtime(os.path.join(workdir, "results.json"))
+      - os.path.getmtime(os.path.join(workdir, "config.json"))
+    ) / 60
+    cell = lambda r: f"{r['perplexity']:.1f}" if r else "—"
+    rows.append(
+      f"| {label_of(workdir)} | {cell(records.get(0))} | {cell(after)} ({freeze}) | "
+      f"{last['perplexity']:.1f} ({max(records)}) | {last['accuracy']:.3f} | {minutes:.1f} min |"
+    )
   return "\n".join(rows)
 
 
@@ -74,7 +117,7 @@ def main(argv):
   if FLAGS.out:
     plot(data, FLAGS.out, FLAGS.metric, FLAGS.title)
     print(f"wrote {FLAGS.out}")
-  print(table(data, FLAGS.metric))
+  print(recovery_table(workdirs) if FLAGS.recovery else table(data, FLAGS.metric))
 
 
 if __name__ == "__main__":
@@ -82,5 +125,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", None, "PNG to write.")
   flags.DEFINE_string("metric", "perplexity", "Eval metric to plot.")
   flags.DEFINE_string("title", "", "Plot title.")
+  flags.DEFINE_bool("recovery", False, "Print the uptraining recovery table instead.")
   flags.mark_flags_as_required(["runs"])
   app.run(main)

@@ -48,9 +48,10 @@ from linformer.model import Encoder
 def _check_full(encoder: Encoder) -> None:
   if encoder.cfg.attention != "full":
     raise ValueError(
-        f"The spectrum of P needs full attention, but the model has attention="
-        f"{encoder.cfg.attention!r} (its P is n x k). Use a full-attention run "
-        "(configs/pretrain.py:attention=full) or an imported HF checkpoint (--hf_dir).")
+      f"The spectrum of P needs full attention, but the model has attention="
+      f"{encoder.cfg.attention!r} (its P is n x k). Use a full-attention run "
+      "(configs/pretrain.py:attention=full) or an imported HF checkpoint (--hf_dir)."
+    )
 
 
 def context_matrix(attention, x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -66,8 +67,9 @@ def context_matrix(attention, x: jax.Array, mask: jax.Array) -> jax.Array:
   return jax.nn.softmax(logits, axis=-1)
 
 
-def attention_probs(encoder: Encoder, input_ids, attention_mask, token_type_ids=None
-                    ) -> tuple[jax.Array, jax.Array]:
+def attention_probs(
+  encoder: Encoder, input_ids, attention_mask, token_type_ids=None
+) -> tuple[jax.Array, jax.Array]:
   """(P of every layer (batch, layers, heads, n, n), final hidden states), deterministic."""
   _check_full(encoder)
   mask = attention_mask.astype(bool)
@@ -110,8 +112,14 @@ def _sequence_curves(encoder, input_ids, attention_mask, token_type_ids):
 # Data.
 
 
-def sample_sequences(texts: Sequence[str], tokenizer: Tokenizer, n: int, num_sequences: int,
-                     seed: int = 0, docs_per_call: int = 64) -> np.ndarray:
+def sample_sequences(
+  texts: Sequence[str],
+  tokenizer: Tokenizer,
+  n: int,
+  num_sequences: int,
+  seed: int = 0,
+  docs_per_call: int = 64,
+) -> np.ndarray:
   """Up to `num_sequences` blocks (S, n) of `[bos] + n-2 tokens + [eos]`, no padding.
 
   Documents are read in a seeded random order and packed (eos after each) until enough tokens;
@@ -123,7 +131,7 @@ def sample_sequences(texts: Sequence[str], tokenizer: Tokenizer, n: int, num_seq
   order = np.random.default_rng(seed).permutation(len(texts))
   stream, have = [], 0
   for start in range(0, len(order), docs_per_call):
-    batch = [texts[int(i)] for i in order[start:start + docs_per_call]]
+    batch = [texts[int(i)] for i in order[start : start + docs_per_call]]
     for ids in tokenizer.encode_batch(batch):
       if ids:
         stream.append(np.asarray(ids + [tokenizer.eos_id], np.int32))
@@ -132,7 +140,7 @@ def sample_sequences(texts: Sequence[str], tokenizer: Tokenizer, n: int, num_seq
       break
   tokens = np.concatenate(stream) if stream else np.zeros([0], np.int32)
   count = min(num_sequences, len(tokens) // body)
-  blocks = tokens[:count * body].reshape(count, body)
+  blocks = tokens[: count * body].reshape(count, body)
   bos = np.full((count, 1), tokenizer.bos_id, np.int32)
   eos = np.full((count, 1), tokenizer.eos_id, np.int32)
   return np.concatenate([bos, blocks, eos], axis=1)
@@ -141,8 +149,9 @@ def sample_sequences(texts: Sequence[str], tokenizer: Tokenizer, n: int, num_seq
 # The analysis.
 
 
-def analyze(encoder: Encoder, sequences: np.ndarray, k: int, batch_size: int = 4,
-            progress: bool = True) -> dict:
+def analyze(
+  encoder: Encoder, sequences: np.ndarray, k: int, batch_size: int = 4, progress: bool = True
+) -> dict:
   """Mean curves and c(k) over `sequences` (S, n) of real tokens."""
   _check_full(encoder)
   num, n = sequences.shape
@@ -157,32 +166,34 @@ def analyze(encoder: Encoder, sequences: np.ndarray, k: int, batch_size: int = 4
   token_types = np.zeros((batch_size, n), np.int32) if cfg.type_vocab_size else None
   with tqdm(total=num, desc=f"spectrum n={n}", unit="seq", disable=not progress) as bar:
     for start in range(0, num, batch_size):
-      ids = sequences[start:start + batch_size]
+      ids = sequences[start : start + batch_size]
       real = len(ids)
       if real < batch_size:  # one compiled shape; filler rows are dropped below
         ids = np.concatenate([ids, np.repeat(ids[-1:], batch_size - real, axis=0)])
-      curves = np.asarray(_sequence_curves(encoder, jnp.asarray(ids), jnp.ones(ids.shape, bool),
-                                           token_types), np.float64)[:real]
+      curves = np.asarray(
+        _sequence_curves(encoder, jnp.asarray(ids), jnp.ones(ids.shape, bool), token_types),
+        np.float64,
+      )[:real]
       curve_sum += curves.sum(axis=0)
       vk = value_at(curves, k)
       vk_sum += vk.sum(axis=0)
-      vk_sq += (vk ** 2).sum(axis=0)
+      vk_sq += (vk**2).sum(axis=0)
       bar.update(real)
   mean_curve = curve_sum / num
   vk_mean = vk_sum / num
-  vk_std = np.sqrt(np.maximum(vk_sq / num - vk_mean ** 2, 0.0))
+  vk_std = np.sqrt(np.maximum(vk_sq / num - vk_mean**2, 0.0))
   layer_curve = mean_curve.mean(axis=1)
   return {
-      "num_sequences": int(num),
-      "n": int(n),
-      "k": int(k),
-      "value_at_k": vk_mean,  # (layers, heads), mean over the sample of c(k)
-      "value_at_k_std": vk_std,  # (layers, heads), std over the sample
-      "layer_mean_value_at_k": vk_mean.mean(axis=1),  # (layers,)
-      "layer_curves": layer_curve,  # (layers, n), mean over heads and sequences
-      "head_curves": mean_curve,  # (layers, heads, n)
-      # Smallest i with c(i) >= 0.9 on the layer's mean curve: an 'effective rank'.
-      "layer_rank_90": (layer_curve < 0.9).sum(axis=-1) + 1,
+    "num_sequences": int(num),
+    "n": int(n),
+    "k": int(k),
+    "value_at_k": vk_mean,  # (layers, heads), mean over the sample of c(k)
+    "value_at_k_std": vk_std,  # (layers, heads), std over the sample
+    "layer_mean_value_at_k": vk_mean.mean(axis=1),  # (layers,)
+    "layer_curves": layer_curve,  # (layers, n), mean over heads and sequences
+    "head_curves": mean_curve,  # (layers, heads, n)
+    # Smallest i with c(i) >= 0.9 on the layer's mean curve: an 'effective rank'.
+    "layer_rank_90": (layer_curve < 0.9).sum(axis=-1) + 1,
   }
 
 
@@ -205,17 +216,19 @@ def _rounded(a, digits=5):
 
 def to_json(result: dict, meta: dict) -> dict:
   return {
-      **meta,
-      "num_sequences": result["num_sequences"], "n": result["n"], "k": result["k"],
-      "curve_definition": "curve[i-1] = (s_1+...+s_i)/(s_1+...+s_n), s descending; "
-                          "value_at_k = curve[k-1]; means over the sampled sequences",
-      "layer_mean_value_at_k": _rounded(result["layer_mean_value_at_k"]),
-      "value_at_k": _rounded(result["value_at_k"]),
-      "value_at_k_std": _rounded(result["value_at_k_std"]),
-      "layer_rank_90": np.asarray(result["layer_rank_90"]).tolist(),
-      "trend": trend(result["layer_mean_value_at_k"]),
-      "layer_curves": _rounded(result["layer_curves"]),
-      "head_curves": _rounded(result["head_curves"], 4),
+    **meta,
+    "num_sequences": result["num_sequences"],
+    "n": result["n"],
+    "k": result["k"],
+    "curve_definition": "curve[i-1] = (s_1+...+s_i)/(s_1+...+s_n), s descending; "
+    "value_at_k = curve[k-1]; means over the sampled sequences",
+    "layer_mean_value_at_k": _rounded(result["layer_mean_value_at_k"]),
+    "value_at_k": _rounded(result["value_at_k"]),
+    "value_at_k_std": _rounded(result["value_at_k_std"]),
+    "layer_rank_90": np.asarray(result["layer_rank_90"]).tolist(),
+    "trend": trend(result["layer_mean_value_at_k"]),
+    "layer_curves": _rounded(result["layer_curves"]),
+    "head_curves": _rounded(result["head_curves"], 4),
   }
 
 
@@ -258,8 +271,15 @@ def plot_heatmap(result: dict, path: str, title: str = "") -> None:
   if layers * heads <= 400:
     for i in range(layers):
       for j in range(heads):
-        ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                color="white" if values[i, j] < values.mean() else "black")
+        ax.text(
+          j,
+          i,
+          f"{values[i, j]:.2f}",
+          ha="center",
+          va="center",
+          fontsize=6,
+          color="white" if values[i, j] < values.mean() else "black",
+        )
   ax.set_xticks(range(heads), [str(h + 1) for h in range(heads)])
   ax.set_yticks(range(layers), [str(i + 1) for i in range(layers)])
   ax.set_xlabel("head")
@@ -273,12 +293,16 @@ def plot_heatmap(result: dict, path: str, title: str = "") -> None:
 
 def table(result: dict) -> str:
   k = result["k"]
-  rows = [f"| layer | mean c({k}) over heads | min head | max head | rank for 90% |",
-          "|---|---|---|---|---|"]
+  rows = [
+    f"| layer | mean c({k}) over heads | min head | max head | rank for 90% |",
+    "|---|---|---|---|---|",
+  ]
   for i, v in enumerate(result["layer_mean_value_at_k"]):
     heads = result["value_at_k"][i]
-    rows.append(f"| {i + 1} | {v:.4f} | {heads.min():.4f} | {heads.max():.4f} | "
-                f"{int(result['layer_rank_90'][i])} |")
+    rows.append(
+      f"| {i + 1} | {v:.4f} | {heads.min():.4f} | {heads.max():.4f} | "
+      f"{int(result['layer_rank_90'][i])} |"
+    )
   return "\n".join(rows)
 
 
@@ -304,17 +328,31 @@ def _label(path: str) -> str:
   return parts[-2] if parts[-1] in ("model", "hf", "checkpoint") and len(parts) > 1 else parts[-1]
 
 
-def run(*, out_dir: str, hf_dir: str | None = None, workdir: str | None = None,
-        step: int | None = None, dataset: str = "pydocs", split: str = "validation",
-        field: str = "text", data_dir: str | None = None, num_sequences: int = 64,
-        n: int = 512, k: int = 128, batch_size: int = 4, seed: int = 0,
-        progress: bool = True) -> dict:
+def run(
+  *,
+  out_dir: str,
+  hf_dir: str | None = None,
+  workdir: str | None = None,
+  step: int | None = None,
+  dataset: str = "pydocs",
+  split: str = "validation",
+  field: str = "text",
+  data_dir: str | None = None,
+  num_sequences: int = 64,
+  n: int = 512,
+  k: int = 128,
+  batch_size: int = 4,
+  seed: int = 0,
+  progress: bool = True,
+) -> dict:
   """Loads a model, samples sequences, writes the PNGs and JSON; returns the JSON dict."""
   from linformer.data.sources import load_text_source
 
   if (hf_dir is None) == (workdir is None):
-    raise ValueError("Give exactly one of --hf_dir (a HuggingFace BERT/RoBERTa directory) or "
-                     "--workdir (a full-attention run of this project).")
+    raise ValueError(
+      "Give exactly one of --hf_dir (a HuggingFace BERT/RoBERTa directory) or "
+      "--workdir (a full-attention run of this project)."
+    )
   if hf_dir is not None:
     from linformer.convert.hf_import import load_pretrained
 
@@ -332,26 +370,40 @@ def run(*, out_dir: str, hf_dir: str | None = None, workdir: str | None = None,
   texts = load_text_source(dataset, split, field, data_dir)
   sequences = sample_sequences(texts, tokenizer, n, num_sequences, seed)
   if len(sequences) < num_sequences:
-    print(f"{dataset}[{split}] holds only {len(sequences)} sequences of n={n} tokens "
-          f"(asked for {num_sequences}): using {len(sequences)}.")
+    print(
+      f"{dataset}[{split}] holds only {len(sequences)} sequences of n={n} tokens "
+      f"(asked for {num_sequences}): using {len(sequences)}."
+    )
   result = analyze(encoder, sequences, k, batch_size=batch_size, progress=progress)
-  meta = {"source": source, "dataset": dataset, "split": split, "field": field,
-          "seed": seed, "model": cfg.to_dict()}
+  meta = {
+    "source": source,
+    "dataset": dataset,
+    "split": split,
+    "field": field,
+    "seed": seed,
+    "model": cfg.to_dict(),
+  }
   out = to_json(result, meta)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "spectrum.json"), "w") as f:
     json.dump(out, f)
   name = _label(hf_dir or workdir)
-  plot_curves(result, os.path.join(out_dir, "spectrum_curves.png"),
-              f"{name}: {dataset}[{split}], n={n}, {result['num_sequences']} seqs")
-  plot_heatmap(result, os.path.join(out_dir, "spectrum_heatmap.png"),
-               f"{name}: c({k}) per layer and head")
+  plot_curves(
+    result,
+    os.path.join(out_dir, "spectrum_curves.png"),
+    f"{name}: {dataset}[{split}], n={n}, {result['num_sequences']} seqs",
+  )
+  plot_heatmap(
+    result, os.path.join(out_dir, "spectrum_heatmap.png"), f"{name}: c({k}) per layer and head"
+  )
   print(table(result))
   t = out["trend"]
   if "spearman_layer_vs_value_at_k" in t:
     verdict = "yes" if t["higher_layers_more_skewed"] else "no"
-    print(f"Higher layers more skewed (larger c({k}))? {verdict}: Spearman rho(layer, c({k})) = "
-          f"{t['spearman_layer_vs_value_at_k']:.3f}, last - first = {t['last_minus_first']:+.4f}")
+    print(
+      f"Higher layers more skewed (larger c({k}))? {verdict}: Spearman rho(layer, c({k})) = "
+      f"{t['spearman_layer_vs_value_at_k']:.3f}, last - first = {t['last_minus_first']:+.4f}"
+    )
   print(f"wrote {out_dir}/spectrum.json, spectrum_curves.png, spectrum_heatmap.png")
   return out
 
@@ -362,8 +414,11 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The CLI flags; defined only when run as a script, so importing this module (tests, other
   tools) cannot clash with flags of the same name elsewhere (--workdir, --split)."""
-  flags.DEFINE_string("hf_dir", None, "HuggingFace BERT/RoBERTa directory (config.json, "
-                      "model.safetensors, tokenizer.json).")
+  flags.DEFINE_string(
+    "hf_dir",
+    None,
+    "HuggingFace BERT/RoBERTa directory (config.json, model.safetensors, tokenizer.json).",
+  )
   flags.DEFINE_string("workdir", None, "A full-attention run of this project.")
   flags.DEFINE_integer("step", None, "Checkpoint step of --workdir (default: latest).")
   flags.DEFINE_string("out_dir", None, "Where to write spectrum.json and the PNGs.")
@@ -383,10 +438,21 @@ def main(argv):
   if not FLAGS.out_dir:
     raise app.UsageError("--out_dir is required.")
   try:
-    run(out_dir=FLAGS.out_dir, hf_dir=FLAGS.hf_dir, workdir=FLAGS.workdir, step=FLAGS.step,
-        dataset=FLAGS.dataset, split=FLAGS.split, field=FLAGS.field, data_dir=FLAGS.data_dir,
-        num_sequences=FLAGS.num_sequences, n=FLAGS.n, k=FLAGS.k, batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed)
+    run(
+      out_dir=FLAGS.out_dir,
+      hf_dir=FLAGS.hf_dir,
+      workdir=FLAGS.workdir,
+      step=FLAGS.step,
+      dataset=FLAGS.dataset,
+      split=FLAGS.split,
+      field=FLAGS.field,
+      data_dir=FLAGS.data_dir,
+      num_sequences=FLAGS.num_sequences,
+      n=FLAGS.n,
+      k=FLAGS.k,
+      batch_size=FLAGS.batch_size,
+      seed=FLAGS.seed,
+    )
   except ValueError as e:
     raise app.UsageError(str(e)) from e
 

@@ -3,7 +3,7 @@ r"""Table 2: fine-tuning results of a sweep, best over the grid, beside the pape
   python -m linformer.analysis.table2 --runs='runs/table2/*/*'
 
 Each run is a fine-tuning workdir (results.json, config.json). Runs are grouped by model (n,
-attention, k, sharing) and task; a cell is the best main-task accuracy over the runs of its group
+attention, k, sharing) and dataset; a cell is the best main accuracy over the runs of its group
 (the learning-rate x batch grid), as RoBERTa reports. QQP is scored by accuracy, as in the paper.
 """
 
@@ -17,24 +17,28 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS  # defined under __main__: importing this module defines no flags
 
-TASKS = ("sst2", "imdb", "qnli", "qqp")
+DATASETS = ("sst2", "imdb", "qnli", "qqp")
 HEADER = ("SST-2", "IMDB", "QNLI", "QQP")
 SPLIT = {"imdb": "test"}  # IMDB has no validation split; the paper reports test
 # The paper's Table 2, keyed like `model_key`.
 PAPER = {
-    (512, "RoBERTa-base"): (93.1, 94.1, 90.9, 90.9),
-    (512, "k=128"): (92.4, 94.0, 90.4, 90.2),
-    (512, "k=128, shared kv"): (93.4, 93.4, 90.3, 90.3),
-    (512, "k=128, shared kv, layer"): (93.2, 93.8, 90.1, 90.2),
-    (512, "k=256"): (93.2, 94.0, 90.6, 90.5),
-    (512, "k=256, shared kv"): (93.3, 93.6, 90.6, 90.6),
-    (512, "k=256, shared kv, layer"): (93.1, 94.1, 91.2, 90.8),
-    (1024, "k=256"): (93.0, 93.8, 90.4, 90.4),
-    (1024, "k=256, shared kv"): (93.0, 93.6, 90.3, 90.4),
-    (1024, "k=256, shared kv, layer"): (93.2, 94.2, 90.8, 90.5),
+  (512, "RoBERTa-base"): (93.1, 94.1, 90.9, 90.9),
+  (512, "k=128"): (92.4, 94.0, 90.4, 90.2),
+  (512, "k=128, shared kv"): (93.4, 93.4, 90.3, 90.3),
+  (512, "k=128, shared kv, layer"): (93.2, 93.8, 90.1, 90.2),
+  (512, "k=256"): (93.2, 94.0, 90.6, 90.5),
+  (512, "k=256, shared kv"): (93.3, 93.6, 90.6, 90.6),
+  (512, "k=256, shared kv, layer"): (93.1, 94.1, 91.2, 90.8),
+  (1024, "k=256"): (93.0, 93.8, 90.4, 90.4),
+  (1024, "k=256, shared kv"): (93.0, 93.6, 90.3, 90.4),
+  (1024, "k=256, shared kv, layer"): (93.2, 94.2, 90.8, 90.5),
 }
-SHARING = {"none": "", "headwise": ", headwise", "kv": ", shared kv",
-           "layerwise": ", shared kv, layer"}
+SHARING = {
+  "none": "",
+  "headwise": ", headwise",
+  "kv": ", shared kv",
+  "layerwise": ", shared kv, layer",
+}
 
 
 def model_key(model: dict) -> tuple[int, str]:
@@ -44,7 +48,7 @@ def model_key(model: dict) -> tuple[int, str]:
 
 
 def collect(workdirs: list[str]) -> dict[tuple[int, str], dict[str, float]]:
-  """(n, model) -> task -> best accuracy (%) over the runs."""
+  """(n, model) -> dataset -> best accuracy (%) over the runs."""
   table: dict = {}
   for workdir in workdirs:
     paths = [os.path.join(workdir, f) for f in ("config.json", "results.json")]
@@ -54,26 +58,29 @@ def collect(workdirs: list[str]) -> dict[tuple[int, str], dict[str, float]]:
       config = json.load(f)
     with open(paths[1]) as f:
       results = json.load(f)
-    task = config["data"]["task"]
-    if task not in TASKS:
+    # Runs made before the rename, or with the deprecated --config.data.task, name it `task`.
+    dataset = config["data"].get("task") or config["data"].get("dataset")
+    if dataset not in DATASETS:
       continue
-    metric = f"{SPLIT.get(task, 'validation')}/accuracy"
+    metric = f"{SPLIT.get(dataset, 'validation')}/accuracy"
     scores = [e[metric] for e in results["evaluations"] if metric in e]
     if scores:
       cell = table.setdefault(model_key(config["model"]), {})
-      cell[task] = max(cell.get(task, 0.0), 100 * max(scores))
+      cell[dataset] = max(cell.get(dataset, 0.0), 100 * max(scores))
   return table
 
 
 def markdown(table: dict) -> str:
-  rows = ["| n | model | " + " | ".join(f"{h} (ours / paper)" for h in HEADER) + " |",
-          "|---|---|" + "---|" * len(TASKS)]
-  for (n, name) in sorted(set(table) | set(PAPER)):
+  rows = [
+    "| n | model | " + " | ".join(f"{h} (ours / paper)" for h in HEADER) + " |",
+    "|---|---|" + "---|" * len(DATASETS),
+  ]
+  for n, name in sorted(set(table) | set(PAPER)):
     ours = table.get((n, name), {})
     paper = PAPER.get((n, name))
     cells = []
-    for i, task in enumerate(TASKS):
-      mine = f"{ours[task]:.1f}" if task in ours else "-"
+    for i, dataset in enumerate(DATASETS):
+      mine = f"{ours[dataset]:.1f}" if dataset in ours else "-"
       cells.append(f"{mine} / {paper[i] if paper else '-'}")
     rows.append(f"| {n} | {name} | " + " | ".join(cells) + " |")
   return "\n".join(rows)

@@ -45,35 +45,33 @@ import tokenizers
 
 from linformer.data.tokenizer import Tokenizer
 
-OPERATORS = ('[MAX', '[MIN', '[MED', '[SM')
-CLOSE = ']'
+OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
+CLOSE = "]"
 DIGITS = tuple(str(d) for d in range(10))
 VOCABULARY = DIGITS + OPERATORS + (CLOSE,)
 NUM_CLASSES = 10
 OPERATOR_P = 0.25  # LRA's VALUE_P: chance that an argument is an operator.
 
 # The specials `Tokenizer` requires, first so that pad is id 0.
-SPECIAL_TOKENS = ('<pad>', '<s>', '</s>', '<unk>', '<mask>')
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")
 
-SPLITS = ('train', 'validation', 'test')
+SPLITS = ("train", "validation", "test")
 _MAX_ATTEMPTS = 1_000_000  # Consecutive rejected draws before giving up.
 
 
 def apply(operator: str, args: list[int]) -> int:
   """The value of `operator` (one of OPERATORS) on digit arguments."""
-  if operator == '[MAX':
+  if operator == "[MAX":
     return max(args)
-  if operator == '[MIN':
+  if operator == "[MIN":
     return min(args)
-  if operator == '[MED':  # int(np.median(args)), without numpy's overhead.
+  if operator == "[MED":  # int(np.median(args)), without numpy's overhead.
     ordered = sorted(args)
     half = len(ordered) // 2
-    return (ordered[half] if len(ordered) % 2 else
-            (ordered[half - 1] + ordered[half]) // 2)
-  if operator == '[SM':
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) // 2
+  if operator == "[SM":
     return sum(args) % 10
-  raise ValueError(f'Unknown ListOps operator {operator!r}; expected one of '
-                   f'{OPERATORS}.')
+  raise ValueError(f"Unknown ListOps operator {operator!r}; expected one of {OPERATORS}.")
 
 
 def evaluate(text: str) -> int:
@@ -86,15 +84,15 @@ def evaluate(text: str) -> int:
       stack.append([])
     elif token == CLOSE:
       if not operators or not stack[-1]:
-        raise ValueError(f'Unbalanced or empty operator in {text[:80]!r}.')
+        raise ValueError(f"Unbalanced or empty operator in {text[:80]!r}.")
       args = stack.pop()
       stack[-1].append(apply(operators.pop(), args))
     elif token in DIGITS:
       stack[-1].append(int(token))
     else:
-      raise ValueError(f'Unknown ListOps token {token!r} in {text[:80]!r}.')
+      raise ValueError(f"Unknown ListOps token {token!r} in {text[:80]!r}.")
   if operators or len(stack[0]) != 1:
-    raise ValueError(f'Not one complete expression: {text[:80]!r}.')
+    raise ValueError(f"Not one complete expression: {text[:80]!r}.")
   return stack[0][0]
 
 
@@ -106,32 +104,36 @@ def longest_possible(max_depth: int, max_args: int) -> int:
   return length
 
 
-def _check(min_length: int, max_length: int, max_depth: int,
-           max_args: int) -> None:
+def _check(min_length: int, max_length: int, max_depth: int, max_args: int) -> None:
   if max_depth < 2:
-    raise ValueError(f'ListOps max_depth={max_depth}: must be >= 2 (the root '
-                     'operator is at depth 1, its digits at depth 2).')
+    raise ValueError(
+      f"ListOps max_depth={max_depth}: must be >= 2 (the root "
+      "operator is at depth 1, its digits at depth 2)."
+    )
   if max_args < 2:
-    raise ValueError(f'ListOps max_args={max_args}: must be >= 2.')
+    raise ValueError(f"ListOps max_args={max_args}: must be >= 2.")
   if not 4 <= min_length <= max_length:
     raise ValueError(
-        f'ListOps min_length={min_length}, max_length={max_length}: need '
-        '4 <= min_length <= max_length (the shortest expression, e.g. '
-        '`[MAX 1 2 ]`, has 4 tokens).')
+      f"ListOps min_length={min_length}, max_length={max_length}: need "
+      "4 <= min_length <= max_length (the shortest expression, e.g. "
+      "`[MAX 1 2 ]`, has 4 tokens)."
+    )
   longest = longest_possible(max_depth, max_args)
   if min_length > longest:
     raise ValueError(
-        f'ListOps min_length={min_length} is unreachable: max_depth='
-        f'{max_depth} and max_args={max_args} allow at most {longest} tokens;'
-        ' raise max_depth or max_args, or lower min_length.')
+      f"ListOps min_length={min_length} is unreachable: max_depth="
+      f"{max_depth} and max_args={max_args} allow at most {longest} tokens;"
+      " raise max_depth or max_args, or lower min_length."
+    )
 
 
 class _TooLong(Exception):
   """A draw that is already sure to exceed max_length."""
 
 
-def _draw(rng: random.Random, max_length: int, max_depth: int,
-          max_args: int) -> tuple[list[str], int]:
+def _draw(
+  rng: random.Random, max_length: int, max_depth: int, max_args: int
+) -> tuple[list[str], int]:
   """One expression from LRA's distribution, abandoned once too long."""
   tokens = []
   uniform = rng.random  # Only rng.random: fast and stable across versions.
@@ -158,9 +160,13 @@ def _draw(rng: random.Random, max_length: int, max_depth: int,
   return tokens, operator(1)
 
 
-def generate(rng: random.Random, min_length: int = 500,
-             max_length: int = 2000, max_depth: int = 10,
-             max_args: int = 10) -> tuple[str, int]:
+def generate(
+  rng: random.Random,
+  min_length: int = 500,
+  max_length: int = 2000,
+  max_depth: int = 10,
+  max_args: int = 10,
+) -> tuple[str, int]:
   """(expression, label): one example with min_length..max_length tokens.
 
   Deterministic for the state of `rng` (e.g. `random.Random(seed)`).
@@ -172,23 +178,29 @@ def generate(rng: random.Random, min_length: int = 500,
     except _TooLong:
       continue
     if len(tokens) >= min_length:
-      return ' '.join(tokens), value
+      return " ".join(tokens), value
   raise RuntimeError(
-      f'ListOps: no expression of {min_length}-{max_length} tokens in '
-      f'{_MAX_ATTEMPTS} draws with max_depth={max_depth}, max_args='
-      f'{max_args}; widen the length bounds or raise max_depth/max_args.')
+    f"ListOps: no expression of {min_length}-{max_length} tokens in "
+    f"{_MAX_ATTEMPTS} draws with max_depth={max_depth}, max_args="
+    f"{max_args}; widen the length bounds or raise max_depth/max_args."
+  )
 
 
 def split_seed(seed: int, split: str) -> int:
   """A stable, independent seed for each split of a dataset seed."""
-  digest = hashlib.sha256(f'listops:{seed}:{split}'.encode()).digest()
-  return int.from_bytes(digest[:8], 'little')
+  digest = hashlib.sha256(f"listops:{seed}:{split}".encode()).digest()
+  return int.from_bytes(digest[:8], "little")
 
 
-def generate_split(num_examples: int, seed: int, split: str,
-                   min_length: int = 500, max_length: int = 2000,
-                   max_depth: int = 10,
-                   max_args: int = 10) -> Iterator[tuple[str, int]]:
+def generate_split(
+  num_examples: int,
+  seed: int,
+  split: str,
+  min_length: int = 500,
+  max_length: int = 2000,
+  max_depth: int = 10,
+  max_args: int = 10,
+) -> Iterator[tuple[str, int]]:
   """`num_examples` (expression, label) pairs of `split`, same for a seed."""
   rng = random.Random(split_seed(seed, split))
   for _ in range(num_examples):
@@ -219,62 +231,88 @@ class ListOpsConfig(tfds.core.BuilderConfig):
     _check(self.min_length, self.max_length, self.max_depth, self.max_args)
     sizes = (self.num_train, self.num_validation, self.num_test)
     if min(sizes) < 1:
-      raise ValueError(f'ListOpsConfig {self.name!r}: num_train, '
-                       f'num_validation, num_test={sizes} must all be >= 1 '
-                       '(TFDS cannot write an empty split).')
+      raise ValueError(
+        f"ListOpsConfig {self.name!r}: num_train, "
+        f"num_validation, num_test={sizes} must all be >= 1 "
+        "(TFDS cannot write an empty split)."
+      )
 
 
 DEFAULT = ListOpsConfig(
-    name='default',
-    description='LRA ListOps: 96k/2k/2k examples of 500-2000 tokens.')
+  name="default", description="LRA ListOps: 96k/2k/2k examples of 500-2000 tokens."
+)
 SMALL = ListOpsConfig(
-    name='small', num_train=2000, num_validation=200, num_test=200,
-    min_length=100, max_length=500,
-    description='2000/200/200 examples of 100-500 tokens, for CPU runs.')
+  name="small",
+  num_train=2000,
+  num_validation=200,
+  num_test=200,
+  min_length=100,
+  max_length=500,
+  description="2000/200/200 examples of 100-500 tokens, for CPU runs.",
+)
 TINY = ListOpsConfig(
-    name='tiny', num_train=200, num_validation=20, num_test=20,
-    min_length=20, max_length=100,
-    description='200/20/20 examples of 20-100 tokens, for smoke tests.')
+  name="tiny",
+  num_train=200,
+  num_validation=20,
+  num_test=20,
+  min_length=20,
+  max_length=100,
+  description="200/20/20 examples of 20-100 tokens, for smoke tests.",
+)
 SHORT = ListOpsConfig(
-    name='short', num_train=4000, num_validation=500, num_test=500,
-    min_length=10, max_length=60, max_depth=4, max_args=5,
-    description='4000/500/500 shallow examples of 10-60 tokens: learnable in '
-    'minutes on a CPU (the test that the pipeline learns).')
+  name="short",
+  num_train=4000,
+  num_validation=500,
+  num_test=500,
+  min_length=10,
+  max_length=60,
+  max_depth=4,
+  max_args=5,
+  description="4000/500/500 shallow examples of 10-60 tokens: learnable in "
+  "minutes on a CPU (the test that the pipeline learns).",
+)
 
 
 class Listops(tfds.core.GeneratorBasedBuilder):
   """ListOps expressions and their values (see module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [DEFAULT, SMALL, TINY, SHORT]
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'text': tfds.features.Text(),
-            'label': tfds.features.ClassLabel(names=list(DIGITS)),
-        }),
-        supervised_keys=('text', 'label'),
-        homepage='https://github.com/google-research/long-range-arena',
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(names=list(DIGITS))}
+      ),
+      supervised_keys=("text", "label"),
+      homepage="https://github.com/google-research/long-range-arena",
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Generated, nothing to download.
     config = self.builder_config
-    sizes = {'train': config.num_train, 'validation': config.num_validation,
-             'test': config.num_test}
-    return {split: self._generate_examples(split, sizes[split])
-            for split in SPLITS}
+    sizes = {
+      "train": config.num_train,
+      "validation": config.num_validation,
+      "test": config.num_test,
+    }
+    return {split: self._generate_examples(split, sizes[split]) for split in SPLITS}
 
   def _generate_examples(self, split, num_examples):
     config = self.builder_config
-    examples = generate_split(num_examples, config.seed, split,
-                              config.min_length, config.max_length,
-                              config.max_depth, config.max_args)
+    examples = generate_split(
+      num_examples,
+      config.seed,
+      split,
+      config.min_length,
+      config.max_length,
+      config.max_depth,
+      config.max_args,
+    )
     for index, (text, label) in enumerate(examples):
-      yield index, {'text': text, 'label': label}
+      yield index, {"text": text, "label": label}
 
 
 # The tokenizer.
@@ -291,8 +329,7 @@ def listops_tokenizer() -> Tokenizer:
   tokenizer.json (`Tokenizer.save` / `Tokenizer.load`).
   """
   vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + VOCABULARY)}
-  hf = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab,
-                                                        unk_token='<unk>'))
+  hf = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
   hf.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
   hf.add_special_tokens(list(SPECIAL_TOKENS))  # Ids kept: already in vocab.
-  return Tokenizer(tokenizer_json=hf.to_str(), source='listops_tokenizer()')
+  return Tokenizer(tokenizer_json=hf.to_str(), source="listops_tokenizer()")

@@ -36,41 +36,42 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 
 import grain
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from linformer.data import mlm
-from linformer.data import sources
+from linformer.data import mlm, sources
 from linformer.data.tokenizer import Tokenizer, train_sentencepiece
 
 
 def default_config() -> ml_collections.ConfigDict:
   """`config.data` with its defaults; fields are documented above."""
   placeholder = ml_collections.config_dict.placeholder
-  return ml_collections.ConfigDict({
-      'dataset': 'pydocs',
-      'field': 'text',
-      'train_split': 'train',
-      'eval_split': 'validation',
-      'data_dir': placeholder(str),
-      'tokenizer': '',
-      'vocab_size': 8000,
-      'tokenizer_max_sentences': 1_000_000,
-      'max_predictions': placeholder(int),
-      'mask_prob': 0.15,
-      'num_workers': 0,
-      'cache_dir': placeholder(str),
-      'text_files_train_patterns': (),
-      'text_files_validation_patterns': (),
-      'text_files_validation_fraction': 0.05,
-      'text_files_one_doc_per_file': False,
-  })
+  return ml_collections.ConfigDict(
+    {
+      "dataset": "pydocs",
+      "field": "text",
+      "train_split": "train",
+      "eval_split": "validation",
+      "data_dir": placeholder(str),
+      "tokenizer": "",
+      "vocab_size": 8000,
+      "tokenizer_max_sentences": 1_000_000,
+      "max_predictions": placeholder(int),
+      "mask_prob": 0.15,
+      "num_workers": 0,
+      "cache_dir": placeholder(str),
+      "text_files_train_patterns": (),
+      "text_files_validation_patterns": (),
+      "text_files_validation_fraction": 0.05,
+      "text_files_one_doc_per_file": False,
+    }
+  )
 
 
 class EvalData:
@@ -80,8 +81,7 @@ class EvalData:
   unigram baseline perplexity (`unigram_perplexity`).
   """
 
-  def __init__(self, dataset: grain.IterDataset, num_batches: int,
-               unigram: Callable[[], float]):
+  def __init__(self, dataset: grain.IterDataset, num_batches: int, unigram: Callable[[], float]):
     self.dataset = dataset
     self.num_batches = num_batches
     self._unigram = unigram
@@ -94,26 +94,50 @@ class EvalData:
     return self._unigram()
 
 
+class EvalSplits(Mapping):
+  """The eval data of each split, built on first use: 'validation' is
+  `config.data.eval_split`, 'train' is `config.data.train_split` evaluated
+  in order with a fixed mask (e.g. to compare train and validation loss)."""
+
+  def __init__(self, make: Callable[[str], EvalData]):
+    self._make, self._built = make, {}
+
+  SPLITS = ("validation", "train")
+
+  def __getitem__(self, split: str) -> EvalData:
+    if split not in self.SPLITS:
+      raise KeyError(split)
+    if split not in self._built:
+      self._built[split] = self._make(split)
+    return self._built[split]
+
+  def __iter__(self):
+    return iter(self.SPLITS)
+
+  def __len__(self) -> int:
+    return len(self.SPLITS)
+
+
 class PretrainData(NamedTuple):
   tokenizer: Tokenizer
   train_iter: grain.DatasetIterator
-  eval_dataset_fn: EvalData
+  eval_splits: EvalSplits
 
 
-def _tokenizer_for_run(config_data, workdir: str,
-                       train_texts: sources.TextSource,
-                       given: Tokenizer | None) -> Tokenizer:
+def _tokenizer_for_run(
+  config_data, workdir: str, train_texts: sources.TextSource, given: Tokenizer | None
+) -> Tokenizer:
   """`given`, else the run's saved one, else the configured or a new one.
 
   Whatever is used is saved in `{workdir}/tokenizer/` unless one is there.
   """
-  directory = os.path.join(workdir, 'tokenizer')
+  directory = os.path.join(workdir, "tokenizer")
   saved = os.path.isdir(directory) and os.listdir(directory)
   if given is not None:
     tokenizer = given
   elif saved:
     tokenizer = Tokenizer.load(directory)
-    logging.info('Reusing the run tokenizer %s', tokenizer)
+    logging.info("Reusing the run tokenizer %s", tokenizer)
     return tokenizer
   elif config_data.tokenizer:
     tokenizer = Tokenizer.load(config_data.tokenizer)
@@ -122,21 +146,23 @@ def _tokenizer_for_run(config_data, workdir: str,
     # whole corpus, not its first files.
     order = np.random.default_rng(0).permutation(len(train_texts))
     tokenizer = train_sentencepiece(
-        (train_texts[int(i)] for i in order), config_data.vocab_size,
-        max_sentences=config_data.tokenizer_max_sentences)
+      (train_texts[int(i)] for i in order),
+      config_data.vocab_size,
+      max_sentences=config_data.tokenizer_max_sentences,
+    )
   if not saved:
     tokenizer.save(directory)
-    logging.info('Saved tokenizer %s to %s', tokenizer, directory)
+    logging.info("Saved tokenizer %s to %s", tokenizer, directory)
   return tokenizer
 
 
 def build_pretrain_data(
-    config_data: ml_collections.ConfigDict,
-    workdir: str,
-    seq_len: int,
-    per_host_batch_size: int,
-    seed: int,
-    tokenizer: Tokenizer | None = None,
+  config_data: ml_collections.ConfigDict,
+  workdir: str,
+  seq_len: int,
+  per_host_batch_size: int,
+  seed: int,
+  tokenizer: Tokenizer | None = None,
 ) -> PretrainData:
   """Tokenizer, checkpointable train iterator and eval batches of a run.
 
@@ -151,52 +177,69 @@ def build_pretrain_data(
     tokenizer: use this one (e.g. from a pretraining run) instead.
 
   Returns:
-    (tokenizer, train_iter, eval_dataset_fn): `train_iter` is an endless
+    (tokenizer, train_iter, eval_splits): `train_iter` is an endless
     `grain.DatasetIterator` (save it with `grain.checkpoint.CheckpointSave`);
-    `eval_dataset_fn()` gives one pass over the eval split in full batches,
-    and has `.num_batches` and `.unigram_perplexity`.
+    `eval_splits['validation']()` gives one pass over the eval split in full
+    batches, and has `.num_batches` and `.unigram_perplexity`; 'train' too.
   """
   load = functools.partial(
-      sources.load_text_source, config_data.dataset, field=config_data.field,
-      data_dir=config_data.data_dir,
-      config=sources.text_files_config_from(config_data))
+    sources.load_text_source,
+    config_data.dataset,
+    field=config_data.field,
+    data_dir=config_data.data_dir,
+    config=sources.text_files_config_from(config_data),
+  )
   train_texts = load(split=config_data.train_split)
   eval_texts = load(split=config_data.eval_split)
 
   if jax.process_index() == 0:
-    tokenizer = _tokenizer_for_run(config_data, workdir, train_texts,
-                                   tokenizer)
+    tokenizer = _tokenizer_for_run(config_data, workdir, train_texts, tokenizer)
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('linformer.data.tokenizer')
+    multihost_utils.sync_global_devices("linformer.data.tokenizer")
   if tokenizer is None:
-    tokenizer = Tokenizer.load(os.path.join(workdir, 'tokenizer'))
+    tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer"))
 
-  cache_dir = config_data.cache_dir or os.path.join(workdir, 'data')
+  cache_dir = config_data.cache_dir or os.path.join(workdir, "data")
 
   def pack(texts: sources.TextSource) -> np.ndarray:
-    path = mlm.cache_path(cache_dir, texts.split, tokenizer,
-                          source_id=f'{texts.name}:{texts.field}',
-                          num_documents=len(texts))
-    return mlm.tokenize_to_stream(texts, tokenizer, path,
-                                  num_workers=config_data.num_workers,
-                                  description=f'Tokenizing {texts}')
+    path = mlm.cache_path(
+      cache_dir,
+      texts.split,
+      tokenizer,
+      source_id=f"{texts.name}:{texts.field}",
+      num_documents=len(texts),
+    )
+    return mlm.tokenize_to_stream(
+      texts, tokenizer, path, num_workers=config_data.num_workers, description=f"Tokenizing {texts}"
+    )
 
   train_tokens = pack(train_texts)
-  eval_tokens = pack(eval_texts)
+  eval_tokens = {"validation": pack(eval_texts), "train": train_tokens}
 
   common = dict(
-      seq_len=seq_len, batch_size=per_host_batch_size, seed=seed,
-      max_predictions=config_data.max_predictions,
-      mask_prob=config_data.mask_prob, num_workers=config_data.num_workers)
-  train_ds = mlm.make_mlm_dataset(train_tokens, tokenizer, train=True,
-                                  **common)
-  eval_ds = mlm.make_mlm_dataset(eval_tokens, tokenizer, train=False,
-                                 **common)
-  eval_data = EvalData(
-      eval_ds,
+    seq_len=seq_len,
+    batch_size=per_host_batch_size,
+    seed=seed,
+    max_predictions=config_data.max_predictions,
+    mask_prob=config_data.mask_prob,
+    num_workers=config_data.num_workers,
+  )
+  train_ds = mlm.make_mlm_dataset(train_tokens, tokenizer, train=True, **common)
+
+  def eval_data(split: str) -> EvalData:
+    tokens = eval_tokens[split]
+    return EvalData(
+      mlm.make_mlm_dataset(tokens, tokenizer, train=False, **common),
       num_batches=mlm.eval_batches_per_host(
-          len(eval_tokens), seq_len, per_host_batch_size, jax.process_count()),
+        len(tokens), seq_len, per_host_batch_size, jax.process_count()
+      ),
       unigram=functools.partial(
-          mlm.unigram_perplexity, train_tokens, eval_tokens,
-          tokenizer.vocab_size, special_ids=tokenizer.special_ids))
-  return PretrainData(tokenizer, iter(train_ds), eval_data)
+        mlm.unigram_perplexity,
+        train_tokens,
+        tokens,
+        tokenizer.vocab_size,
+        special_ids=tokenizer.special_ids,
+      ),
+    )
+
+  return PretrainData(tokenizer, iter(train_ds), EvalSplits(eval_data))

@@ -41,67 +41,76 @@ class TextFilesConfig(tfds.core.BuilderConfig):
 
 
 def _expand(patterns: Sequence[str], field: str) -> list[str]:
-  files = sorted({f for p in patterns for f in glob.glob(os.path.expanduser(p),
-                                                         recursive=True)
-                  if os.path.isfile(f)})
+  files = sorted(
+    {
+      f
+      for p in patterns
+      for f in glob.glob(os.path.expanduser(p), recursive=True)
+      if os.path.isfile(f)
+    }
+  )
   if patterns and not files:
     raise FileNotFoundError(
-        f'config.data.{field}={list(patterns)!r}: no file matches; give glob '
-        'patterns of existing .txt or .txt.gz files.')
+      f"config.data.{field}={list(patterns)!r}: no file matches; give glob "
+      "patterns of existing .txt or .txt.gz files."
+    )
   return files
 
 
 def text_files_config(
-    train_patterns: Sequence[str],
-    validation_patterns: Sequence[str] = (),
-    validation_fraction: float = 0.05,
-    one_doc_per_file: bool = False,
+  train_patterns: Sequence[str],
+  validation_patterns: Sequence[str] = (),
+  validation_fraction: float = 0.05,
+  one_doc_per_file: bool = False,
 ) -> TextFilesConfig:
   """A `TextFilesConfig` named by a hash of its options and matched files."""
   if isinstance(train_patterns, str) or isinstance(validation_patterns, str):
-    raise TypeError('config.data.text_files_*_patterns: give a list of glob '
-                    'patterns, not a single string.')
+    raise TypeError(
+      "config.data.text_files_*_patterns: give a list of glob patterns, not a single string."
+    )
   if not train_patterns:
-    raise ValueError("config.data.dataset='text_files' needs "
-                     'config.data.text_files_train_patterns (glob patterns).')
+    raise ValueError(
+      "config.data.dataset='text_files' needs "
+      "config.data.text_files_train_patterns (glob patterns)."
+    )
   if not validation_patterns and not 0 < validation_fraction < 1:
     raise ValueError(
-        f'config.data.text_files_validation_fraction={validation_fraction}: '
-        'must be in (0, 1) when no validation patterns are given.')
+      f"config.data.text_files_validation_fraction={validation_fraction}: "
+      "must be in (0, 1) when no validation patterns are given."
+    )
   files = {
-      'train': _expand(train_patterns, 'text_files_train_patterns'),
-      'validation': _expand(validation_patterns,
-                            'text_files_validation_patterns'),
+    "train": _expand(train_patterns, "text_files_train_patterns"),
+    "validation": _expand(validation_patterns, "text_files_validation_patterns"),
   }
-  fingerprint = json.dumps({
-      'files': {k: [(os.path.abspath(f), os.path.getsize(f)) for f in v]
-                for k, v in files.items()},
-      'validation_fraction': validation_fraction if not validation_patterns
-                             else None,
-      'one_doc_per_file': one_doc_per_file,
-  }, sort_keys=True)
+  fingerprint = json.dumps(
+    {
+      "files": {k: [(os.path.abspath(f), os.path.getsize(f)) for f in v] for k, v in files.items()},
+      "validation_fraction": validation_fraction if not validation_patterns else None,
+      "one_doc_per_file": one_doc_per_file,
+    },
+    sort_keys=True,
+  )
   digest = hashlib.sha1(fingerprint.encode()).hexdigest()[:16]
   return TextFilesConfig(
-      name=f'corpus_{digest}',
-      description=f'Text files {list(train_patterns)}.',
-      train_patterns=tuple(train_patterns),
-      validation_patterns=tuple(validation_patterns),
-      validation_fraction=validation_fraction,
-      one_doc_per_file=one_doc_per_file,
+    name=f"corpus_{digest}",
+    description=f"Text files {list(train_patterns)}.",
+    train_patterns=tuple(train_patterns),
+    validation_patterns=tuple(validation_patterns),
+    validation_fraction=validation_fraction,
+    one_doc_per_file=one_doc_per_file,
   )
 
 
 def _read_lines(path: str) -> Iterator[str]:
-  opener = gzip.open if path.endswith('.gz') else open
-  with opener(path, 'rt', encoding='utf-8', errors='replace',
-              newline=None) as f:
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rt", encoding="utf-8", errors="replace", newline=None) as f:
     yield from f
 
 
 def iter_documents(path: str, one_doc_per_file: bool) -> Iterator[str]:
   """Non-empty documents of one file, streamed (files may be large)."""
   if one_doc_per_file:
-    text = ''.join(_read_lines(path)).strip()
+    text = "".join(_read_lines(path)).strip()
     if text:
       yield text
     return
@@ -110,10 +119,10 @@ def iter_documents(path: str, one_doc_per_file: bool) -> Iterator[str]:
     if line.strip():
       paragraph.append(line)
     elif paragraph:
-      yield ''.join(paragraph).strip()
+      yield "".join(paragraph).strip()
       paragraph = []
   if paragraph:
-    yield ''.join(paragraph).strip()
+    yield "".join(paragraph).strip()
 
 
 def _hash(key: str) -> float:
@@ -124,62 +133,60 @@ def _hash(key: str) -> float:
 class TextFiles(tfds.core.GeneratorBasedBuilder):
   """Plain-text files given by glob patterns (see `text_files_config`)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = []  # Always built with a `text_files_config(...)`.
 
   def __init__(self, *, config: TextFilesConfig | str | None = None, **kwargs):
     if not isinstance(config, TextFilesConfig):
       raise ValueError(
-          "config.data.dataset='text_files' needs a TextFilesConfig: pass "
-          'config=linformer.data.text_files.text_files_config(train_patterns='
-          '[...]), i.e. set config.data.text_files_train_patterns.')
+        "config.data.dataset='text_files' needs a TextFilesConfig: pass "
+        "config=linformer.data.text_files.text_files_config(train_patterns="
+        "[...]), i.e. set config.data.text_files_train_patterns."
+      )
     super().__init__(config=config, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'id': tfds.features.Text(),
-            'text': tfds.features.Text(),
-        }),
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {"id": tfds.features.Text(), "text": tfds.features.Text()}
+      ),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Local files only.
     config = self.builder_config
-    train_files = _expand(config.train_patterns, 'text_files_train_patterns')
+    train_files = _expand(config.train_patterns, "text_files_train_patterns")
     if config.validation_patterns:
-      val_files = _expand(config.validation_patterns,
-                          'text_files_validation_patterns')
-      return {'train': self._generate_examples(train_files),
-              'validation': self._generate_examples(val_files)}
+      val_files = _expand(config.validation_patterns, "text_files_validation_patterns")
+      return {
+        "train": self._generate_examples(train_files),
+        "validation": self._generate_examples(val_files),
+      }
     # TFDS cannot write an empty split: on a tiny corpus, move the threshold
     # so that both splits get at least one document.
-    hashes = [_hash(key) for path in train_files
-              for key, _ in self._documents(path)]
+    hashes = [_hash(key) for path in train_files for key, _ in self._documents(path)]
     if len(hashes) < 2:
       raise ValueError(
-          f'config.data.text_files_train_patterns={list(config.train_patterns)}'
-          f': found {len(hashes)} non-empty document(s); need at least 2 to '
-          'make a validation split, or give text_files_validation_patterns.')
+        f"config.data.text_files_train_patterns={list(config.train_patterns)}"
+        f": found {len(hashes)} non-empty document(s); need at least 2 to "
+        "make a validation split, or give text_files_validation_patterns."
+      )
     threshold = max(config.validation_fraction, min(hashes))
     if threshold >= max(hashes):
       threshold = min(hashes)
     return {
-        'train': self._generate_examples(
-            train_files, lambda key: _hash(key) > threshold),
-        'validation': self._generate_examples(
-            train_files, lambda key: _hash(key) <= threshold),
+      "train": self._generate_examples(train_files, lambda key: _hash(key) > threshold),
+      "validation": self._generate_examples(train_files, lambda key: _hash(key) <= threshold),
     }
 
   def _documents(self, path):
-    for index, text in enumerate(
-        iter_documents(path, self.builder_config.one_doc_per_file)):
-      yield f'{path}:{index}', text
+    for index, text in enumerate(iter_documents(path, self.builder_config.one_doc_per_file)):
+      yield f"{path}:{index}", text
 
   def _generate_examples(self, files, keep=lambda key: True):
     for path in files:
       for key, text in self._documents(path):
         if keep(key):
-          yield key, {'id': key, 'text': text}
+          yield key, {"id": key, "text": text}

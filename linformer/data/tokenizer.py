@@ -19,16 +19,16 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 import tokenizers
 
-SENTENCEPIECE_FILE = 'sentencepiece.model'
-TOKENIZER_JSON = 'tokenizer.json'
+SENTENCEPIECE_FILE = "sentencepiece.model"
+TOKENIZER_JSON = "tokenizer.json"
 
 # Accepted spellings of each special token in a tokenizer.json.
 _SPECIAL_NAMES = {
-    'pad': ('<pad>', '[PAD]'),
-    'bos': ('<s>', '[CLS]', '<cls>', '[BOS]'),
-    'eos': ('</s>', '[SEP]', '<sep>', '[EOS]'),
-    'unk': ('<unk>', '[UNK]'),
-    'mask': ('<mask>', '[MASK]'),
+  "pad": ("<pad>", "[PAD]"),
+  "bos": ("<s>", "[CLS]", "<cls>", "[BOS]"),
+  "eos": ("</s>", "[SEP]", "<sep>", "[EOS]"),
+  "unk": ("<unk>", "[UNK]"),
+  "mask": ("<mask>", "[MASK]"),
 }
 
 
@@ -43,24 +43,33 @@ class Tokenizer:
       random replacements.
   """
 
-  def __init__(self, *, sentencepiece_model: bytes | None = None,
-               tokenizer_json: str | None = None, source: str = ''):
+  def __init__(
+    self,
+    *,
+    sentencepiece_model: bytes | None = None,
+    tokenizer_json: str | None = None,
+    source: str = "",
+  ):
     if (sentencepiece_model is None) == (tokenizer_json is None):
-      raise ValueError('Give exactly one of sentencepiece_model or '
-                       'tokenizer_json.')
+      raise ValueError("Give exactly one of sentencepiece_model or tokenizer_json.")
     self._sp_model = sentencepiece_model
     self._json = tokenizer_json
     self.source = source  # For messages only.
     if sentencepiece_model is not None:
       self._sp = spm.SentencePieceProcessor(model_proto=sentencepiece_model)
-      ids = {'pad': self._sp.pad_id(), 'bos': self._sp.bos_id(),
-             'eos': self._sp.eos_id(), 'unk': self._sp.unk_id(),
-             'mask': self._sp.piece_to_id('<mask>')}
-      if ids['mask'] == ids['unk']:
-        ids['mask'] = -1
+      ids = {
+        "pad": self._sp.pad_id(),
+        "bos": self._sp.bos_id(),
+        "eos": self._sp.eos_id(),
+        "unk": self._sp.unk_id(),
+        "mask": self._sp.piece_to_id("<mask>"),
+      }
+      if ids["mask"] == ids["unk"]:
+        ids["mask"] = -1
       self.vocab_size = self._sp.get_piece_size()
-      specials = [i for i in range(self.vocab_size)
-                  if self._sp.is_control(i) or self._sp.is_unknown(i)]
+      specials = [
+        i for i in range(self.vocab_size) if self._sp.is_control(i) or self._sp.is_unknown(i)
+      ]
     else:
       self._hf = tokenizers.Tokenizer.from_str(tokenizer_json)
       # Files saved for inference often pad/truncate (e.g. to 128): packing
@@ -69,22 +78,24 @@ class Tokenizer:
       self._hf.no_truncation()
       # Text that contains "[MASK]" or "<s>" must stay text, not control ids.
       self._hf.encode_special_tokens = True
-      ids = {role: next((self._hf.token_to_id(n) for n in names
-                         if self._hf.token_to_id(n) is not None), -1)
-             for role, names in _SPECIAL_NAMES.items()}
+      ids = {
+        role: next(
+          (self._hf.token_to_id(n) for n in names if self._hf.token_to_id(n) is not None), -1
+        )
+        for role, names in _SPECIAL_NAMES.items()
+      }
       self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
-      specials = [i for i, t in self._hf.get_added_tokens_decoder().items()
-                  if t.special]
-    missing = [f'{role} (one of {_SPECIAL_NAMES[role]})'
-               for role, i in ids.items() if i < 0]
+      specials = [i for i, t in self._hf.get_added_tokens_decoder().items() if t.special]
+    missing = [f"{role} (one of {_SPECIAL_NAMES[role]})" for role, i in ids.items() if i < 0]
     if missing:
       raise ValueError(
-          f'Tokenizer {source or "(in memory)"} lacks special tokens needed for'
-          f' MLM pretraining: {", ".join(missing)}. Add them to the tokenizer '
-          "(e.g. tokenizer.add_special_tokens(['<mask>'])) or set "
-          "config.data.tokenizer='' to train a SentencePiece model.")
-    self.pad_id, self.bos_id, self.eos_id = ids['pad'], ids['bos'], ids['eos']
-    self.unk_id, self.mask_id = ids['unk'], ids['mask']
+        f"Tokenizer {source or '(in memory)'} lacks special tokens needed for"
+        f" MLM pretraining: {', '.join(missing)}. Add them to the tokenizer "
+        "(e.g. tokenizer.add_special_tokens(['<mask>'])) or set "
+        "config.data.tokenizer='' to train a SentencePiece model."
+      )
+    self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
+    self.unk_id, self.mask_id = ids["unk"], ids["mask"]
     self.special_ids = tuple(sorted(set(specials) | set(ids.values())))
 
   # Encoding.
@@ -99,11 +110,11 @@ class Tokenizer:
     """`encode` of many texts, in parallel inside the library."""
     if self._sp_model is not None:
       return self._sp.encode(list(texts))
-    return [e.ids for e in self._hf.encode_batch(list(texts),
-                                                 add_special_tokens=False)]
+    return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=False)]
 
-  def encode_pair(self, text_a: str, text_b: str | None = None,
-                  max_length: int | None = None) -> list[int]:
+  def encode_pair(
+    self, text_a: str, text_b: str | None = None, max_length: int | None = None
+  ) -> list[int]:
     """`[bos] a [eos]` or `[bos] a [eos] b [eos]`, longest-first truncated."""
     a, b = self.encode(text_a), self.encode(text_b) if text_b else None
     budget = None if max_length is None else max_length - (3 if b else 2)
@@ -115,6 +126,12 @@ class Tokenizer:
           a.pop()
     ids = [self.bos_id, *a, self.eos_id]
     return ids + [*b, self.eos_id] if b else ids
+
+  def id_to_token(self, i: int) -> str:
+    """The vocabulary entry of one id (e.g. '[MASK]', '##ing', '▁the')."""
+    if self._sp_model is not None:
+      return self._sp.id_to_piece(int(i))
+    return self._hf.id_to_token(int(i))
 
   def decode(self, ids: Iterable[int]) -> str:
     ids = [int(i) for i in ids if int(i) not in self.special_ids]
@@ -132,8 +149,8 @@ class Tokenizer:
   def save(self, directory: str) -> None:
     os.makedirs(directory, exist_ok=True)
     name = SENTENCEPIECE_FILE if self._sp_model is not None else TOKENIZER_JSON
-    tmp = os.path.join(directory, name + '.tmp')
-    with open(tmp, 'wb') as f:
+    tmp = os.path.join(directory, name + ".tmp")
+    with open(tmp, "wb") as f:
       f.write(self.fingerprint_bytes)
     os.replace(tmp, os.path.join(directory, name))
 
@@ -145,35 +162,41 @@ class Tokenizer:
         if os.path.exists(os.path.join(path, name)):
           return cls.load(os.path.join(path, name))
       raise FileNotFoundError(
-          f'config.data.tokenizer={path!r}: directory has neither '
-          f'{SENTENCEPIECE_FILE} nor {TOKENIZER_JSON}.')
+        f"config.data.tokenizer={path!r}: directory has neither "
+        f"{SENTENCEPIECE_FILE} nor {TOKENIZER_JSON}."
+      )
     if not os.path.exists(path):
       raise FileNotFoundError(
-          f'config.data.tokenizer={path!r}: no such file. Give a tokenizer.json'
-          ', a SentencePiece .model, a saved tokenizer directory, or \'\' to '
-          'train one.')
-    with open(path, 'rb') as f:
+        f"config.data.tokenizer={path!r}: no such file. Give a tokenizer.json"
+        ", a SentencePiece .model, a saved tokenizer directory, or '' to "
+        "train one."
+      )
+    with open(path, "rb") as f:
       data = f.read()
-    if path.endswith('.json'):
-      return cls(tokenizer_json=data.decode('utf-8'), source=path)
+    if path.endswith(".json"):
+      return cls(tokenizer_json=data.decode("utf-8"), source=path)
     return cls(sentencepiece_model=data, source=path)
 
   def __getstate__(self):  # Picklable for grain worker processes.
-    return {'sentencepiece_model': self._sp_model,
-            'tokenizer_json': self._json, 'source': self.source}
+    return {
+      "sentencepiece_model": self._sp_model,
+      "tokenizer_json": self._json,
+      "source": self.source,
+    }
 
   def __setstate__(self, state):
     self.__init__(**state)
 
   def __repr__(self):
-    kind = 'SentencePiece' if self._sp_model is not None else 'tokenizer.json'
-    return (f'Tokenizer({kind}, vocab_size={self.vocab_size}, pad={self.pad_id}'
-            f', bos={self.bos_id}, eos={self.eos_id}, unk={self.unk_id}, '
-            f'mask={self.mask_id}, source={self.source!r})')
+    kind = "SentencePiece" if self._sp_model is not None else "tokenizer.json"
+    return (
+      f"Tokenizer({kind}, vocab_size={self.vocab_size}, pad={self.pad_id}"
+      f", bos={self.bos_id}, eos={self.eos_id}, unk={self.unk_id}, "
+      f"mask={self.mask_id}, source={self.source!r})"
+    )
 
 
-def _training_sentences(texts: Iterable[str], max_sentences: int,
-                        max_sentence_chars: int):
+def _training_sentences(texts: Iterable[str], max_sentences: int, max_sentence_chars: int):
   """Non-empty lines of the documents, at most `max_sentences` of them."""
   count = 0
   for text in texts:
@@ -187,13 +210,13 @@ def _training_sentences(texts: Iterable[str], max_sentences: int,
 
 
 def train_sentencepiece(
-    texts: Iterable[str],
-    vocab_size: int,
-    *,
-    max_sentences: int = 1_000_000,
-    model_type: str = 'unigram',
-    character_coverage: float = 0.9995,
-    num_threads: int | None = None,
+  texts: Iterable[str],
+  vocab_size: int,
+  *,
+  max_sentences: int = 1_000_000,
+  model_type: str = "unigram",
+  character_coverage: float = 0.9995,
+  num_threads: int | None = None,
 ) -> Tokenizer:
   """Trains SentencePiece on lines of `texts` (documents split into lines).
 
@@ -203,18 +226,23 @@ def train_sentencepiece(
   """
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=_training_sentences(texts, max_sentences, 4096),
-      model_writer=model,
-      vocab_size=vocab_size,
-      hard_vocab_limit=False,
-      model_type=model_type,
-      character_coverage=character_coverage,
-      max_sentence_length=16384,
-      pad_id=0, bos_id=1, eos_id=2, unk_id=3,
-      pad_piece='<pad>', bos_piece='<s>', eos_piece='</s>', unk_piece='<unk>',
-      control_symbols=['<mask>'],
-      num_threads=num_threads or os.cpu_count() or 1,
-      minloglevel=2,
+    sentence_iterator=_training_sentences(texts, max_sentences, 4096),
+    model_writer=model,
+    vocab_size=vocab_size,
+    hard_vocab_limit=False,
+    model_type=model_type,
+    character_coverage=character_coverage,
+    max_sentence_length=16384,
+    pad_id=0,
+    bos_id=1,
+    eos_id=2,
+    unk_id=3,
+    pad_piece="<pad>",
+    bos_piece="<s>",
+    eos_piece="</s>",
+    unk_piece="<unk>",
+    control_symbols=["<mask>"],
+    num_threads=num_threads or os.cpu_count() or 1,
+    minloglevel=2,
   )
-  return Tokenizer(sentencepiece_model=model.getvalue(),
-                   source='trained SentencePiece')
+  return Tokenizer(sentencepiece_model=model.getvalue(), source="trained SentencePiece")

@@ -13,7 +13,7 @@ from linformer.config import ModelConfig
 
 
 class Task(abc.ABC):
-  """Everything task-specific; `linformer.training.loop` does the rest.
+  """Everything task-specific; the training loop does the rest.
 
   Losses are returned as sums with a `weight` (the number of predictions), so the loop can add
   micro-batches and data-parallel shards and divide once: the gradient of a batch does not depend
@@ -21,13 +21,18 @@ class Task(abc.ABC):
   """
 
   name: str
+  # Top-level parts of the model a warm start (`config.init_from`) copies; None: all of it.
+  init_subtrees: tuple[str, ...] | None = None
 
   def __init__(self, config):
     self.config = config
 
   @abc.abstractmethod
-  def setup(self, workdir: str, per_host_batch_size: int) -> None:
-    """Prepares tokenizer and datasets (saved in/reused from `workdir`)."""
+  def setup(
+    self, workdir: str, per_host_batch_size: int, init_tokenizer: str | None = None
+  ) -> None:
+    """Prepares tokenizer and datasets (saved in/reused from `workdir`). `init_tokenizer` is the
+    warm-start source's tokenizer, used when the workdir has none yet."""
 
   @abc.abstractmethod
   def model_config(self) -> ModelConfig:
@@ -52,13 +57,10 @@ class Task(abc.ABC):
     """This process's batches of an eval split, one pass, full size (padded, zero weight)."""
 
   @abc.abstractmethod
-  def loss(self, model, batch, *, deterministic: bool,
-           rngs: nnx.Rngs | None) -> dict[str, jax.Array]:
+  def loss(
+    self, model, batch, *, deterministic: bool, rngs: nnx.Rngs | None
+  ) -> dict[str, jax.Array]:
     """Sums over the batch: at least `loss` (to differentiate) and `weight`."""
-
-  def initialize(self, state, trainer):
-    """A fresh run's state before step 1; fine-tuning loads pretrained weights here."""
-    return state
 
   def eval_outputs(self, model, batch) -> dict[str, jax.Array]:
     """What one evaluation batch contributes; by default the loss sums."""
@@ -68,15 +70,23 @@ class Task(abc.ABC):
   def summarize(self, outputs: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
     """Metrics from the `eval_outputs` of every validation batch (host numpy)."""
 
-  def eval_summary(self, outputs_by_split: Mapping[str, list[Mapping[str, np.ndarray]]]
-                   ) -> dict[str, float]:
+  def eval_summary(
+    self, outputs_by_split: Mapping[str, list[Mapping[str, np.ndarray]]]
+  ) -> dict[str, float]:
     """Metrics of every eval split from its batches' `eval_outputs`."""
-    return {f"{split}/{k}": v for split, outputs in outputs_by_split.items()
-            for k, v in self.summarize(outputs).items()}
+    return {
+      f"{split}/{k}": v
+      for split, outputs in outputs_by_split.items()
+      for k, v in self.summarize(outputs).items()
+    }
 
   def num_train_examples(self) -> int | None:
     """Examples in one epoch, for configs that give num_epochs instead of steps."""
     return None
+
+  @abc.abstractmethod
+  def train_flops_per_sequence(self, cfg: ModelConfig) -> float:
+    """Model FLOPs of one training sequence (forward and backward; `linformer.measure`)."""
 
   def tokens_in(self, batch) -> int:
     """Real tokens in a batch, for tokens/s."""

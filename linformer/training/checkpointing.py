@@ -21,22 +21,46 @@ from linformer.config import ConfigError
 CONFIG_FILE = "config.json"
 # Fields that may change when a run resumes: schedule length (to extend a run), logging and
 # checkpoint cadence, evaluation size, mesh shape and data-loading workers.
-MAY_CHANGE = ("num_train_steps", "eval_every_steps", "checkpoint_every_steps",
-              "log_every_steps", "num_eval_steps", "max_checkpoints_to_keep", "mesh",
-              "data.num_workers", "async_checkpointing", "init_from", "model.attention_impl",
-              "model.remat")
+MAY_CHANGE = (
+  "num_train_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "log_every_steps",
+  "num_eval_steps",
+  "max_checkpoints_to_keep",
+  "mesh",
+  "data.num_workers",
+  "async_checkpointing",
+  "init_from",
+  "model.attention_impl",
+  "model.remat",
+  "peak_flops",
+  "eval_at_start",
+)
 
+
+# Fields added after runs were written: a saved config without one ran with this value.
+ADDED_FIELDS = {
+  "model.projection_init": "normal",
+  "init_from": "",
+  "freeze_pretrained_steps": 0,
+  "freeze_lr": None,
+}
 
 LATEST, BEST = "checkpoints", "best"
 
 
-def make_manager(workdir: str, config, kind: str = LATEST) -> ocp.CheckpointManager:
+def make_manager(
+  workdir: str, config=None, kind: str = LATEST, create: bool = True
+) -> ocp.CheckpointManager:
   """The run's periodic checkpoints (`LATEST`, resumed from), or the single checkpoint with
-  the best main metric so far (`BEST`, for fine-tuning)."""
+  the best main metric so far (`BEST`, for fine-tuning). Without a `config` (reading another
+  run's checkpoints), nothing is ever deleted."""
+  keep = None if config is None else config.max_checkpoints_to_keep
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.max_checkpoints_to_keep if kind == LATEST else 1,
-      create=True,
-      enable_async_checkpointing=config.get("async_checkpointing", True),
+    max_to_keep=keep if kind == LATEST else 1,
+    create=create,
+    enable_async_checkpointing=True if config is None else config.get("async_checkpointing", True),
   )
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), kind), options=options)
 
@@ -80,16 +104,22 @@ def check_or_write_config(workdir: str, config) -> None:
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    new, old = _flatten(current), _flatten(saved)
+    new = _flatten(current)
+    old = {**{k: v for k, v in ADDED_FIELDS.items() if k in new}, **_flatten(saved)}
     allowed = lambda k: any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)
-    differ = sorted(k for k in set(new) | set(old)
-                    if not allowed(k) and new.get(k, "<missing>") != old.get(k, "<missing>"))
+    differ = sorted(
+      k
+      for k in set(new) | set(old)
+      if not allowed(k) and new.get(k, "<missing>") != old.get(k, "<missing>")
+    )
     if differ:
-      details = "; ".join(f"{k}: workdir has {old.get(k, '<missing>')!r}, asked "
-                          f"{new.get(k, '<missing>')!r}" for k in differ)
+      details = "; ".join(
+        f"{k}: workdir has {old.get(k, '<missing>')!r}, asked {new.get(k, '<missing>')!r}"
+        for k in differ
+      )
       raise ConfigError(
-          f"The workdir {workdir} holds a run with a different config ({details}). Resume it "
-          "with the same values, or start the new run in a new --workdir."
+        f"The workdir {workdir} holds a run with a different config ({details}). Resume it "
+        "with the same values, or start the new run in a new --workdir."
       )
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
@@ -103,7 +133,8 @@ def load_config(workdir: str):
 
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} holds no run ({CONFIG_FILE} is missing): pass the "
-                            "--workdir of a train.py run.")
+    raise FileNotFoundError(
+      f"{workdir} holds no run ({CONFIG_FILE} is missing): pass the --workdir of a train.py run."
+    )
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))

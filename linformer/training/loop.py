@@ -9,11 +9,9 @@ uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -23,10 +21,11 @@ import optax
 from flax import nnx, struct
 from tqdm import tqdm
 
+from linformer import measure
 from linformer.config import ConfigError
 from linformer.tasks import Task, get_task
-from linformer.training import checkpointing, partitioning
-from linformer.training.metric_writer import MetricWriter, read_metrics
+from linformer.training import checkpointing, metric_writer, partitioning, warm_start
+from linformer.training.metric_writer import MetricWriter
 from linformer.training.optimizer import make_optimizer
 
 
@@ -48,14 +47,16 @@ def check_batch_config(config, mesh) -> None:
   accum = config.grad_accum_steps
   if config.batch_size % (accum * dp):
     raise ConfigError(
-        f"config.batch_size={config.batch_size} must be divisible by grad_accum_steps={accum} "
-        f"times the data-parallel size {dp} (mesh data x fsdp = "
-        f"{mesh.shape['data']} x {mesh.shape['fsdp']}). Fix: use a batch size that is a "
-        f"multiple of {accum * dp}."
+      f"config.batch_size={config.batch_size} must be divisible by grad_accum_steps={accum} "
+      f"times the data-parallel size {dp} (mesh data x fsdp = "
+      f"{mesh.shape['data']} x {mesh.shape['fsdp']}). Fix: use a batch size that is a "
+      f"multiple of {accum * dp}."
     )
   if config.batch_size % jax.process_count():
-    raise ConfigError(f"config.batch_size={config.batch_size} must be divisible by the number "
-                      f"of processes {jax.process_count()}.")
+    raise ConfigError(
+      f"config.batch_size={config.batch_size} must be divisible by the number "
+      f"of processes {jax.process_count()}."
+    )
 
 
 @dataclasses.dataclass
@@ -64,6 +65,7 @@ class Trainer:
 
   task: Task
   mesh: jax.sharding.Mesh
+  model_cfg: Any
   graphdef: Any
   state_sharding: Any
   train_step: Any
@@ -73,8 +75,9 @@ class Trainer:
 
   def abstract_state(self):
     abstract = jax.eval_shape(self.init_state)
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, self.state_sharding)
+    return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding
+    )
 
   def model(self, state: TrainState):
     return nnx.merge(self.graphdef, state.params, state.rest)
@@ -86,27 +89,48 @@ def num_train_steps(config, task: Task) -> int:
     return config.num_train_steps
   examples = task.num_train_examples()
   if not config.get("num_epochs") or not examples:
-    raise ConfigError("config.num_train_steps=-1 needs config.num_epochs and a task that "
-                      "knows its train split size; set num_train_steps.")
+    raise ConfigError(
+      "config.num_train_steps=-1 needs config.num_epochs and a task that "
+      "knows its train split size; set num_train_steps."
+    )
   return max(1, int(math.ceil(config.num_epochs * examples / config.batch_size)))
 
 
-def make_trainer(config, task: Task, mesh, total_steps: int | None = None) -> Trainer:
+def make_trainer(
+  config, task: Task, mesh, total_steps: int | None = None, frozen: list[str] | None = None
+) -> Trainer:
+  """The jitted steps of a run. `frozen`: names of parameters (e.g. 'encoder/layers/0/mlp_in/
+  kernel') that stay fixed for the first `config.freeze_pretrained_steps` steps."""
   model_cfg = task.model_config()
   total_steps = total_steps or config.num_train_steps
-  tx, schedule = make_optimizer(config.optimizer, total_steps)
   abstract_model = nnx.eval_shape(lambda: task.make_model(model_cfg, nnx.Rngs(0)))
-  graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
+  graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
+  freeze_steps = config.get("freeze_pretrained_steps") or 0
+  mask = _frozen_mask(abstract_params, frozen) if freeze_steps else None
+  tx, schedule = make_optimizer(
+    config.optimizer,
+    total_steps,
+    frozen_mask=mask,
+    freeze_steps=freeze_steps,
+    freeze_lr=config.get("freeze_lr"),
+  )
+  freeze = _freeze_fn(mask, freeze_steps)
   accum = config.grad_accum_steps
 
   def init_state():
     params_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
     model = task.make_model(model_cfg, nnx.Rngs(params=params_key))
     _, params, rest = nnx.split(model, nnx.Param, ...)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                      opt_state=tx.init(params), rng=dropout_key)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      rest=rest,
+      opt_state=tx.init(params),
+      rng=dropout_key,
+    )
 
-  state_sharding = partitioning.state_shardings(jax.eval_shape(init_state), mesh)
+  abstract_state = jax.eval_shape(init_state)
+  state_sharding = partitioning.state_shardings(abstract_state, mesh, config.mesh.get("rules"))
   batch_sharding = partitioning.batch_sharding(mesh)
 
   def grads_and_sums(state, batch, index):
@@ -132,16 +156,22 @@ def make_trainer(config, task: Task, mesh, total_steps: int | None = None) -> Tr
         g, s = grads_and_sums(state, mb, i)
         return jax.tree.map(jnp.add, carry, (g, s)), None
 
-      zeros = jax.eval_shape(lambda: grads_and_sums(state, jax.tree.map(lambda x: x[:, 0],
-                                                                         micro), 0))
+      zeros = jax.eval_shape(
+        lambda: grads_and_sums(state, jax.tree.map(lambda x: x[:, 0], micro), 0)
+      )
       zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)
       (grads, sums), _ = jax.lax.scan(body, zeros, jnp.arange(accum))
     # The loss is a sum over predictions; normalise once for the whole batch.
-    grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
+    grads = freeze(state.step, jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = freeze(state.step, updates)  # weight decay too: frozen weights stay bit-identical
     params = optax.apply_updates(state.params, updates)
-    metrics = {**sums, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
-               "param_norm": optax.tree.norm(params)}
+    metrics = {
+      **sums,
+      "grad_norm": optax.tree.norm(grads),
+      "lr": schedule(state.step),
+      "param_norm": optax.tree.norm(params),
+    }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
@@ -150,17 +180,49 @@ def make_trainer(config, task: Task, mesh, total_steps: int | None = None) -> Tr
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return Trainer(
-      task=task, mesh=mesh, graphdef=graphdef, state_sharding=state_sharding, schedule=schedule,
-      init_state=init_state,
-      train_step=jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                         out_shardings=(state_sharding, replicated), donate_argnums=0),
-      eval_step=jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding),
-                        out_shardings=replicated),
+    task=task,
+    mesh=mesh,
+    model_cfg=model_cfg,
+    graphdef=graphdef,
+    state_sharding=state_sharding,
+    schedule=schedule,
+    init_state=init_state,
+    train_step=jax.jit(
+      train_step,
+      in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, replicated),
+      donate_argnums=0,
+    ),
+    eval_step=jax.jit(
+      eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated
+    ),
   )
 
 
-def evaluate(trainer: Trainer, state: TrainState, num_batches: int = -1,
-             splits: list[str] | None = None) -> dict[str, float]:
+def _frozen_mask(abstract_params, frozen: list[str] | None):
+  """A tree of bools like the parameters: True for the names in `frozen`."""
+  names = set(frozen or ())
+  return jax.tree_util.tree_map_with_path(
+    lambda p, _: warm_start.dotted(warm_start.path_key(p)) in names, abstract_params
+  )
+
+
+def _freeze_fn(mask, steps: int):
+  """(step, tree) -> tree with the masked entries zeroed while step < steps: the imported
+  weights' gradients (out of the clipping norm) and updates (weight decay included)."""
+  if mask is None or not steps:
+    return lambda step, tree: tree
+
+  def freeze(step, tree):
+    hold = step < steps
+    return jax.tree.map(lambda x, m: jnp.where(hold, jnp.zeros_like(x), x) if m else x, tree, mask)
+
+  return freeze
+
+
+def evaluate(
+  trainer: Trainer, state: TrainState, num_batches: int = -1, splits: list[str] | None = None
+) -> dict[str, float]:
   """Metrics on the task's eval splits (or `splits`), at most `num_batches` batches each."""
   outputs = {}
   for split in splits or trainer.task.eval_splits():
@@ -177,10 +239,12 @@ def evaluate(trainer: Trainer, state: TrainState, num_batches: int = -1,
 
 class _TrainMetrics:
   """Per-step device metrics, fetched to host only at log and checkpoint time (no per-step
-  sync), and checked for NaN before anything is saved."""
+  sync), and checked for NaN before anything is saved. `flops_per_step / peak` turns steps/s
+  into model FLOPs utilisation (`mfu`)."""
 
-  def __init__(self, task: Task):
+  def __init__(self, task: Task, flops_per_step: float = 0.0, peak: float = 0.0):
     self.task, self.pending, self.tokens, self.start = task, [], 0, time.time()
+    self.flops_per_step, self.peak = flops_per_step, peak
 
   def add(self, metrics, tokens):
     self.pending.append(metrics)
@@ -193,10 +257,10 @@ class _TrainMetrics:
     for i, m in enumerate(fetched):
       if not all(np.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
         raise TrainingDiverged(
-            f"Training diverged at step {first + i}: loss {m['loss']}, gradient norm "
-            f"{m['grad_norm']}, parameter norm {m['param_norm']}. "
-            f"The last good checkpoint (step {last_good}) was kept. Lower config.optimizer.lr, "
-            "raise config.optimizer.warmup_steps, or use float32 (config.model.dtype)."
+          f"Training diverged at step {first + i}: loss {m['loss']}, gradient norm "
+          f"{m['grad_norm']}, parameter norm {m['param_norm']}. "
+          f"The last good checkpoint (step {last_good}) was kept. Lower config.optimizer.lr, "
+          "raise config.optimizer.warmup_steps, or use float32 (config.model.dtype)."
         )
     return fetched
 
@@ -204,65 +268,49 @@ class _TrainMetrics:
     fetched = self.check(step, last_good)
     summary = self.task.summarize(fetched)
     elapsed = time.time() - self.start
-    summary.update(grad_norm=float(np.mean([m["grad_norm"] for m in fetched])),
-                   param_norm=float(fetched[-1]["param_norm"]),
-                   lr=float(fetched[-1]["lr"]), tokens_per_sec=self.tokens / max(elapsed, 1e-9))
+    summary.update(
+      grad_norm=float(np.mean([m["grad_norm"] for m in fetched])),
+      param_norm=float(fetched[-1]["param_norm"]),
+      lr=float(fetched[-1]["lr"]),
+      tokens_per_sec=self.tokens / max(elapsed, 1e-9),
+    )
+    if self.peak:
+      summary["mfu"] = len(fetched) * self.flops_per_step / max(elapsed, 1e-9) / self.peak
     self.pending, self.tokens, self.start = [], 0, time.time()
     return summary
 
 
-def _trim_metrics(workdir: str, step: int) -> None:
-  """Drops records past the restored step, so a resumed run's metrics have no duplicates."""
-  if jax.process_index() != 0:
-    return
-  kept = [r for r in read_metrics(workdir) if r["step"] <= step]
-  path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-  results = _read_results(workdir)
-  results["evaluations"] = [r for r in results["evaluations"] if r["step"] <= step]
-  if results.get("best") and results["best"]["step"] > step:
-    results["best"] = None
-  _write_results(workdir, results)
+def _peak_flops(config, mesh) -> float:
+  """The mesh's peak FLOP/s for MFU: `config.peak_flops` (per device) if set, else the
+  datasheet peak of the devices at the compute dtype (linformer.measure), else a matmul rate
+  measured once; on a CPU that rate is the host's, however many devices it is split into."""
+  devices = list(mesh.devices.flat)
+  if config.get("peak_flops"):
+    return float(config.peak_flops) * len(devices)
+  rate, source = measure.peak_flops(config.model.dtype, devices)
+  per_host = source == "measured matmul rate" and devices[0].platform == "cpu"
+  return rate if per_host else rate * len(devices)
 
 
-RESULTS_FILE = "results.json"
-
-
-def _read_results(workdir: str) -> dict:
-  path = os.path.join(workdir, RESULTS_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  return {"main_metric": None, "best": None, "evaluations": []}
-
-
-def _write_results(workdir: str, results: dict) -> None:
+def _warm_start(state, source, values, notes, workdir: str):
+  """The fresh state with the source's weights; what was imported and what is new recorded."""
+  state = warm_start.apply(state, values, strict=source.kind == warm_start.RUN)
+  new = [
+    warm_start.dotted(warm_start.path_key(p))
+    for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]
+    if warm_start.path_key(p) not in values
+  ]
+  warm_start.write_record(workdir, source, [warm_start.dotted(k) for k in values], new, notes)
   if jax.process_index() == 0:
-    tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+    shown = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+    print(
+      f"Warm start from {'; '.join(notes)}: {len(values)} arrays imported, {len(new)} new "
+      f"parameters{': ' + shown if new else ''} (see {warm_start.RECORD_FILE})."
+    )
+  return state
 
 
-def _record_eval(workdir: str, step: int, metrics: dict, main_metric: str | None) -> bool:
-  """Adds an evaluation to results.json; True if it is the best so far by the main metric."""
-  results = _read_results(workdir)
-  results["main_metric"] = main_metric
-  results["evaluations"].append({"step": step, **metrics})
-  value = metrics.get(main_metric) if main_metric else None
-  best = results.get("best")
-  improved = value is not None and math.isfinite(value) and (
-      best is None or value > best[main_metric])
-  if improved:
-    results["best"] = {"step": step, **metrics}
-  _write_results(workdir, results)
-  return improved
-
-
-def train_and_evaluate(config, workdir: str, *, until_step: int | None = None
-                       ) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -> dict[str, Any]:
   """Trains `config.task` in `workdir`, resuming from its latest checkpoint if there is one.
 
   until_step: stop (with a checkpoint) after this step although the schedule runs to
@@ -271,35 +319,78 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None
   """
   mesh = partitioning.make_mesh(config.mesh)
   check_batch_config(config, mesh)
-  os.makedirs(workdir, exist_ok=True)
+  source = warm_start.open_source(config, workdir)
+  if source is not None:
+    config = source.apply_to(config)
   task = get_task(config)
+  os.makedirs(workdir, exist_ok=True)
   checkpointing.check_or_write_config(workdir, config)
   manager = checkpointing.make_manager(workdir, config)
-  task.setup(workdir, per_host_batch_size=config.batch_size // jax.process_count())
+  task.setup(
+    workdir,
+    per_host_batch_size=config.batch_size // jax.process_count(),
+    init_tokenizer=source.tokenizer if source else None,
+  )
   total_steps = num_train_steps(config, task)
-  trainer = make_trainer(config, task, mesh, total_steps)
-  train_iter = task.train_iterator()
-  best_manager = (checkpointing.make_manager(workdir, config, checkpointing.BEST)
-                  if task.main_metric else None)
-
   latest = manager.latest_step()
+  values = notes = None
+  if latest is None and source is not None:
+    values, notes = warm_start.load_values(source, task.model_config(), task.init_subtrees)
+  frozen = None
+  if config.get("freeze_pretrained_steps"):
+    frozen = (
+      [warm_start.dotted(k) for k in values]
+      if values is not None
+      else warm_start.read_imported(workdir)
+    )
+    if frozen is None:
+      raise ConfigError(
+        f"config.freeze_pretrained_steps: {workdir} has no "
+        f"{warm_start.RECORD_FILE} naming the imported weights; set "
+        "freeze_pretrained_steps=0 to resume it."
+      )
+  trainer = make_trainer(config, task, mesh, total_steps, frozen=frozen)
+  train_iter = task.train_iterator()
+  best_manager = (
+    checkpointing.make_manager(workdir, config, checkpointing.BEST) if task.main_metric else None
+  )
+
   if latest is not None:
     if jax.process_index() == 0:
       print(f"Resuming {workdir} from the checkpoint at step {latest}.")
     state = checkpointing.restore(manager, latest, trainer.abstract_state(), train_iter)
-    _trim_metrics(workdir, latest)
+    metric_writer.trim_logs(workdir, latest)
   else:
+    metric_writer.trim_logs(
+      workdir, -1
+    )  # records of an attempt that died before its first checkpoint
     state = jax.jit(trainer.init_state, out_shardings=trainer.state_sharding)()
-    state = task.initialize(state, trainer)
+    if source is not None:
+      state = _warm_start(state, source, values, notes, workdir)
   start = int(state.step)
   end = total_steps if until_step is None else min(until_step, total_steps)
   writer = MetricWriter(workdir)
-  meter = _TrainMetrics(task)
+  meter = _TrainMetrics(
+    task,
+    config.batch_size * task.train_flops_per_sequence(trainer.model_cfg),
+    _peak_flops(config, mesh),
+  )
   last_good = latest
   result: dict[str, Any] = {}
-  bar = tqdm(total=end, initial=start, desc="train", unit="step", dynamic_ncols=True,
-             disable=jax.process_index() != 0)
+  bar = tqdm(
+    total=end,
+    initial=start,
+    desc="train",
+    unit="step",
+    dynamic_ncols=True,
+    disable=jax.process_index() != 0,
+  )
   try:
+    if start == 0 and config.get("eval_at_start"):  # e.g. a converted model before training
+      result["eval"] = evaluate(trainer, state, config.num_eval_steps)
+      writer.write(0, "eval", result["eval"])
+      metric_writer.record_eval(workdir, 0, result["eval"], None)
+      bar.write("step 0: " + ", ".join(f"eval {k} {v:.4g}" for k, v in result["eval"].items()))
     for step in range(start + 1, end + 1):
       batch = next(train_iter)
       state, metrics = trainer.train_step(state, partitioning.global_batch(batch, mesh))
@@ -314,9 +405,13 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None
       if step % config.eval_every_steps == 0 or step == total_steps:
         result["eval"] = evaluate(trainer, state, config.num_eval_steps)
         writer.write(step, "eval", result["eval"])
-        bar.write(f"step {step}: " + ", ".join(f"eval {k} {v:.4g}"
-                                                for k, v in result["eval"].items()))
-        if _record_eval(workdir, step, result["eval"], task.main_metric) and best_manager:
+        bar.write(
+          f"step {step}: " + ", ".join(f"eval {k} {v:.4g}" for k, v in result["eval"].items())
+        )
+        if (
+          metric_writer.record_eval(workdir, step, result["eval"], task.main_metric)
+          and best_manager
+        ):
           meter.check(step, last_good)
           checkpointing.save(best_manager, step, state, None)
       if step % config.checkpoint_every_steps == 0 or is_last:
@@ -341,7 +436,8 @@ def restore_run(workdir: str, step: int | None = None, config=None, best: bool =
   mesh = partitioning.make_mesh(config.mesh)
   task = get_task(config)
   manager = checkpointing.make_manager(
-      workdir, config, checkpointing.BEST if best else checkpointing.LATEST)
+    workdir, config, checkpointing.BEST if best else checkpointing.LATEST
+  )
   steps = manager.all_steps()
   if not steps:
     raise FileNotFoundError(f"{workdir} has no checkpoint yet: train it first (train.py).")

@@ -1,4 +1,5 @@
-"""Metrics to metrics.jsonl and TensorBoard (tensorboardX, no TensorFlow), from process 0 only."""
+"""A run's logs, written by process 0 only: metrics.jsonl and TensorBoard (tensorboardX, no
+TensorFlow), and results.json (every evaluation and the best by the main metric)."""
 
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ class MetricWriter:
     self._tb = None
     if self.active:
       from tensorboardX import SummaryWriter  # imported lazily: it is slow to import.
+
       os.makedirs(workdir, exist_ok=True)
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, kind: str, metrics: Mapping[str, float]) -> None:
     if not self.active:
       return
-    clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v)))
-             for k, v in metrics.items()}
+    clean = {
+      k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in metrics.items()
+    }
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), "kind": kind, **clean}) + "\n")
     for name, value in metrics.items():
@@ -49,3 +52,55 @@ def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
   with open(path) as f:
     records = [json.loads(line) for line in f if line.strip()]
   return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def trim_logs(workdir: str, step: int) -> None:
+  """Drops metrics.jsonl and results.json records past `step` (the checkpoint a run resumes
+  from; -1 for a fresh start), so that a rerun after a crash logs each step once."""
+  if jax.process_index() != 0:
+    return
+  kept = [r for r in read_metrics(workdir) if r["step"] <= step]
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+  results = read_results(workdir)
+  results["evaluations"] = [r for r in results["evaluations"] if r["step"] <= step]
+  if results.get("best") and results["best"]["step"] > step:
+    results["best"] = None
+  _write_results(workdir, results)
+
+
+RESULTS_FILE = "results.json"
+
+
+def read_results(workdir: str) -> dict:
+  path = os.path.join(workdir, RESULTS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {"main_metric": None, "best": None, "evaluations": []}
+
+
+def _write_results(workdir: str, results: dict) -> None:
+  if jax.process_index() == 0:
+    tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+      json.dump(results, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+
+
+def record_eval(workdir: str, step: int, metrics: dict, main_metric: str | None) -> bool:
+  """Adds an evaluation to results.json; True if it is the best so far by the main metric."""
+  results = read_results(workdir)
+  results["main_metric"] = main_metric
+  results["evaluations"].append({"step": step, **metrics})
+  value = metrics.get(main_metric) if main_metric else None
+  best = results.get("best")
+  improved = (
+    value is not None and math.isfinite(value) and (best is None or value > best[main_metric])
+  )
+  if improved:
+    results["best"] = {"step": step, **metrics}
+  _write_results(workdir, results)
+  return improved

@@ -1,9 +1,10 @@
 """The device mesh and how arrays are laid out on it.
 
-Parameters carry logical axis names (set in `linformer.model`); `LOGICAL_RULES` maps each name
-to a mesh axis. The mesh has three axes: `data` (pure data parallelism), `fsdp` (data parallel
-with parameters and optimizer state sharded over it, ZeRO-3 style) and `tensor` (Megatron-style
-model parallelism over heads, MLP and vocabulary). The batch is split over data and fsdp. The
+Parameters carry logical axis names (`linformer.axes`); `config.mesh.rules` maps each name to a
+mesh axis (or None: replicated), as the Flax lm1b example keeps its rules in the config. The mesh
+has three axes: `data` (pure data parallelism), `fsdp` (data parallel with parameters and
+optimizer state sharded over it, ZeRO-3 style) and `tensor` (Megatron-style model parallelism
+over heads, MLP and vocabulary). The batch is split over data and fsdp. The
 same code runs on one CPU (a 1x1x1 mesh), a GPU box or a TPU pod.
 """
 
@@ -14,29 +15,46 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from linformer import axes
 from linformer.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# Logical axis -> mesh axis. Names not listed (kv, seq, seq_proj, conv_tap, embed_out) are
-# replicated: they are small or would cut the per-head dimension.
-LOGICAL_RULES: Mapping[str, str | None] = {
-    "embed": "fsdp",
-    "mlp": "tensor",
-    "heads": "tensor",
-    "vocab": "tensor",
-}
+
+def default_rules() -> dict[str, str | None]:
+  """`config.mesh.rules`: every logical axis name, None where it is replicated."""
+  return {name: axes.DEFAULT_RULES.get(name) for name in axes.ALL}
+
+
+def check_rules(rules: Mapping[str, str | None]) -> dict[str, str | None]:
+  """The rules with defaults for names a config does not list (configs saved before rules were
+  configurable); unknown names or mesh axes are errors."""
+  rules = dict(rules or {})
+  unknown = sorted(set(rules) - set(axes.ALL))
+  if unknown:
+    raise ConfigError(
+      f"config.mesh.rules has unknown logical axes {unknown}; known: {list(axes.ALL)}."
+    )
+  for name, axis in rules.items():
+    if axis is not None and axis not in MESH_AXES:
+      raise ConfigError(
+        f"config.mesh.rules.{name}={axis!r}: not a mesh axis. Fix: use one of "
+        f"{MESH_AXES}, or None to replicate."
+      )
+  return {**default_rules(), **rules}
 
 
 def make_mesh(mesh_config: Mapping[str, int], devices=None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
   devices = jax.devices() if devices is None else devices
   sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
-  unknown = set(mesh_config) - set(MESH_AXES)
+  unknown = set(mesh_config) - set(MESH_AXES) - {"rules"}
   if unknown:
     raise ConfigError(f"config.mesh has unknown axes {sorted(unknown)}; use {MESH_AXES}.")
   if sizes.count(-1) > 1:
@@ -47,45 +65,74 @@ def make_mesh(mesh_config: Mapping[str, int], devices=None) -> Mesh:
   if -1 in sizes:
     if len(devices) % known:
       raise ConfigError(
-          f"config.mesh={dict(zip(MESH_AXES, sizes))}: the fixed axes ({known} devices) do not "
-          f"divide the {len(devices)} available devices. Fix the mesh sizes."
+        f"config.mesh={dict(zip(MESH_AXES, sizes))}: the fixed axes ({known} devices) do not "
+        f"divide the {len(devices)} available devices. Fix the mesh sizes."
       )
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) > len(devices):
     raise ConfigError(
-        f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but only "
-        f"{len(devices)} are available. Fix: make the sizes multiply to at most "
-        f"{len(devices)}, or set one axis to -1."
+      f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but only "
+      f"{len(devices)} are available. Fix: make the sizes multiply to at most "
+      f"{len(devices)}, or set one axis to -1."
     )
   devices = devices[: math.prod(sizes)]
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                       devices=devices)
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def logical_to_spec(names, shape, mesh: Mesh) -> P:
-  """Mesh PartitionSpec for an array; a dimension its mesh axis does not divide is replicated."""
+def logical_to_spec(
+  names,
+  shape,
+  mesh: Mesh,
+  rules: Mapping[str, str | None] | None = None,
+  fallbacks: list[str] | None = None,
+) -> P:
+  """Mesh PartitionSpec for an array; a dimension its mesh axis does not divide is replicated
+  (and described in `fallbacks`)."""
+  rules = default_rules() if rules is None else rules
   spec = []
   for name, dim in zip(names, shape):
-    axis = LOGICAL_RULES.get(name) if name else None
-    spec.append(axis if axis and dim % mesh.shape[axis] == 0 else None)
+    axis = rules.get(name) if name else None
+    if axis and dim % mesh.shape[axis]:
+      if fallbacks is not None:
+        fallbacks.append(f"{name} ({dim}) on {axis} ({mesh.shape[axis]})")
+      axis = None
+    spec.append(axis)
   return P(*spec)
 
 
-def state_shardings(abstract_state, mesh: Mesh):
-  """NamedShardings for an nnx.State (or pytree of Variables) from their logical names."""
+def state_shardings(abstract_state, mesh: Mesh, rules: Mapping[str, str | None] | None = None):
+  """NamedShardings for an nnx.State (or pytree of Variables) from their logical names. A
+  parameter that falls back to replication because its size does not divide its mesh axis is
+  logged once, by name."""
+  rules = check_rules(rules)
+  replicated = []
 
-  def one(x):
+  def one(path, x):
     if isinstance(x, nnx.Variable):
+      if not hasattr(x.get_value(), "shape"):  # optax.MaskedNode: no array (multi_transform)
+        return x
       names = x.get_metadata().get("out_sharding") or ()
-      value = x.get_value()
-      return x.replace(NamedSharding(mesh, logical_to_spec(names, value.shape, mesh)))
+      fallbacks = []
+      spec = logical_to_spec(names, x.get_value().shape, mesh, rules, fallbacks)
+      keys = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+      if fallbacks and "opt_state" not in keys[:1]:  # the optimizer's copies follow the params
+        replicated.append(f"{'/'.join(keys)}: {', '.join(fallbacks)}")
+      return x.replace(NamedSharding(mesh, spec))
     return NamedSharding(mesh, P())
 
-  return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  shardings = jax.tree_util.tree_map_with_path(
+    one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable)
+  )
+  if replicated and jax.process_index() == 0:
+    logging.warning(
+      "Replicated instead of sharded (size not divisible by the mesh axis): %s",
+      "; ".join(replicated),
+    )
+  return shardings
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -95,5 +142,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles each process's slice of the batch into global arrays sharded over the batch."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }

@@ -1,0 +1,262 @@
+"""The fine-tuning datasets (GLUE, IMDB, ListOps): what each reads and how it is scored.
+
+`get_dataset_spec(name)` gives a dataset's `DatasetSpec`; `spec_from_config(config.data)` the
+one a fine-tuning run uses. `linformer.data.classification` reads them as grain pipelines.
+
+Datasets (`DATASETS`; `config.data.dataset`):
+
+  sst2, qnli, qqp, cola, mrpc, stsb, mnli, rte, wnli: TFDS `glue/{name}`,
+    evaluated on `validation` (MNLI: `validation_matched` and
+    `validation_mismatched`, reported as `matched` and `mismatched`). GLUE's
+    test labels are hidden (-1) and never used. stsb is a regression
+    (num_labels=1, float labels in [0, 5]).
+  imdb: TFDS `imdb_reviews` ('text', 'label'). It has no validation split,
+    so it is evaluated, and its best checkpoint picked, on `test` (as in the
+    Linformer paper's setup). For a clean protocol hold out part of train:
+    `build_classification_data(..., spec=dataclasses.replace(
+    get_dataset_spec('imdb'), train_split='train[:90%]', eval_splits=(
+    ('validation', 'train[90%:]'), ('test', 'test')),
+    main_metric='validation/accuracy'))`. Long reviews are truncated
+    'head_tail' by default.
+  listops: TFDS `listops/{config.data.listops_config}` (the project's builder
+    in `linformer.data.listops`, 10 classes), evaluated on `validation`
+    (picks the checkpoint) and `test` (the LRA number).
+
+Labels are checked as examples are read: a class id outside [0, num_labels)
+(including TFDS's -1 of unlabeled test splits) or a regression score outside
+the dataset's range is a ValueError naming the dataset, split, example and
+value.
+
+`config.data` fields (`default_config()`):
+
+  dataset: the dataset name, one of `DATASETS` ('sst2').
+  task: deprecated spelling of `dataset` (None); when set it is used, with a
+    warning.
+  data_dir: TFDS data dir; None -> $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    Datasets not prepared there are prepared (downloaded) on first use; on a
+    machine without network prepare them elsewhere with
+    `tfds build glue/sst2 --file_format=array_record --data_dir=...`.
+  train_split: None -> the dataset's ('train'); TFDS slicing such as
+    'train[:10%]' works.
+  truncation: 'auto', 'head', 'tail' or 'head_tail' (see
+    `linformer.data.encoding`).
+  head_tokens: tokens kept from the start by 'head_tail' (128).
+  pair_template: 'auto' (from the tokenizer), 'bert' or 'roberta'.
+  listops_config: builder config of the listops dataset: 'default' (LRA
+    sizes) or 'small' (see linformer/data/listops.py for others).
+  num_workers: grain worker processes (0: threads in this process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+from absl import logging
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.data` for fine-tuning; fields are documented above."""
+  placeholder = ml_collections.config_dict.placeholder
+  return ml_collections.ConfigDict(
+    {
+      "dataset": "sst2",
+      "task": placeholder(str),  # Deprecated: `dataset`.
+      "data_dir": placeholder(str),
+      "train_split": placeholder(str),
+      "truncation": "auto",
+      "head_tokens": 128,
+      "pair_template": "auto",
+      "listops_config": "default",
+      "num_workers": 0,
+    }
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What a fine-tuning dataset reads and how it is scored.
+
+  Attributes:
+    name: registry name ('sst2').
+    tfds_name: TFDS dataset, with config ('glue/sst2').
+    text_fields: one feature (single text) or two (pair, in template order).
+    label_field: the label feature.
+    num_labels: classes; 1 means regression (float labels).
+    label_names: class names (index = class id); () for regression.
+    train_split: TFDS split trained on.
+    eval_splits: (report name, TFDS split) pairs, e.g. (('matched',
+      'validation_matched'), ('mismatched', 'validation_mismatched')).
+    metrics: names in `linformer.metrics.METRICS`, computed on each split.
+    main_metric: '{eval split name}/{metric}', higher is better; picks the
+      best checkpoint.
+    default_truncation: what config.data.truncation='auto' means.
+    label_range: [low, high] of regression labels.
+  """
+
+  name: str
+  tfds_name: str
+  text_fields: tuple[str, ...]
+  label_field: str
+  num_labels: int
+  label_names: tuple[str, ...]
+  train_split: str
+  eval_splits: tuple[tuple[str, str], ...]
+  metrics: tuple[str, ...]
+  main_metric: str
+  default_truncation: str = "head"
+  label_range: tuple[float, float] | None = None
+
+  @property
+  def is_regression(self) -> bool:
+    return self.num_labels == 1
+
+  @property
+  def is_pair(self) -> bool:
+    return len(self.text_fields) == 2
+
+  @property
+  def eval_split_names(self) -> list[str]:
+    return [name for name, _ in self.eval_splits]
+
+  def tfds_split(self, eval_name: str) -> str:
+    for name, split in self.eval_splits:
+      if name == eval_name:
+        return split
+    raise ValueError(
+      f"Dataset {self.name!r} has no eval split {eval_name!r}; its eval splits "
+      f"are {self.eval_split_names}."
+    )
+
+
+def _glue(
+  name,
+  text_fields,
+  label_names,
+  *,
+  metrics=("accuracy",),
+  main=None,
+  eval_splits=(("validation", "validation"),),
+  label_range=None,
+):
+  return DatasetSpec(
+    name=name,
+    tfds_name=f"glue/{name}",
+    text_fields=tuple(text_fields),
+    label_field="label",
+    num_labels=len(label_names) or 1,
+    label_names=tuple(label_names),
+    train_split="train",
+    eval_splits=tuple(eval_splits),
+    metrics=tuple(metrics),
+    main_metric=f"{eval_splits[0][0]}/{main or metrics[0]}",
+    label_range=label_range,
+  )
+
+
+_BINARY_F1 = ("accuracy", "f1", "accuracy_and_f1")
+
+DATASETS: dict[str, DatasetSpec] = {
+  spec.name: spec
+  for spec in [
+    # The Linformer paper's downstream tasks.
+    _glue("sst2", ["sentence"], ["negative", "positive"]),
+    _glue("qnli", ["question", "sentence"], ["entailment", "not_entailment"]),
+    _glue(
+      "qqp",
+      ["question1", "question2"],
+      ["not_duplicate", "duplicate"],
+      metrics=_BINARY_F1,
+      main="accuracy_and_f1",
+    ),
+    DatasetSpec(
+      name="imdb",
+      tfds_name="imdb_reviews",
+      text_fields=("text",),
+      label_field="label",
+      num_labels=2,
+      label_names=("neg", "pos"),
+      train_split="train",
+      eval_splits=(("test", "test"),),
+      metrics=("accuracy",),
+      main_metric="test/accuracy",
+      default_truncation="head_tail",
+    ),
+    # The rest of GLUE (not 'ax': test only).
+    _glue(
+      "cola",
+      ["sentence"],
+      ["unacceptable", "acceptable"],
+      metrics=("matthews_corrcoef", "accuracy"),
+    ),
+    _glue(
+      "mrpc",
+      ["sentence1", "sentence2"],
+      ["not_equivalent", "equivalent"],
+      metrics=_BINARY_F1,
+      main="accuracy_and_f1",
+    ),
+    _glue(
+      "stsb",
+      ["sentence1", "sentence2"],
+      [],
+      metrics=("pearson", "spearman", "pearson_and_spearman"),
+      main="pearson_and_spearman",
+      label_range=(0.0, 5.0),
+    ),
+    _glue(
+      "mnli",
+      ["premise", "hypothesis"],
+      ["entailment", "neutral", "contradiction"],
+      eval_splits=(("matched", "validation_matched"), ("mismatched", "validation_mismatched")),
+    ),
+    _glue("rte", ["sentence1", "sentence2"], ["entailment", "not_entailment"]),
+    _glue("wnli", ["sentence1", "sentence2"], ["not_entailment", "entailment"]),
+    # Long Range Arena; tfds_name's config comes from config.data.
+    DatasetSpec(
+      name="listops",
+      tfds_name="listops/default",
+      text_fields=("text",),
+      label_field="label",
+      num_labels=10,
+      label_names=tuple(str(i) for i in range(10)),
+      train_split="train",
+      eval_splits=(("validation", "validation"), ("test", "test")),
+      metrics=("accuracy",),
+      main_metric="validation/accuracy",
+    ),
+  ]
+}
+
+
+def get_dataset_spec(dataset: str, *, listops_config: str = "default") -> DatasetSpec:
+  """The spec of `dataset`; ValueError listing the known datasets if unknown."""
+  if dataset not in DATASETS:
+    raise ValueError(
+      f"config.data.dataset={dataset!r}: unknown dataset. Known datasets: "
+      f"{', '.join(sorted(DATASETS))}."
+    )
+  spec = DATASETS[dataset]
+  if dataset == "listops":
+    spec = dataclasses.replace(spec, tfds_name=f"listops/{listops_config}")
+  return spec
+
+
+def dataset_name(config_data) -> str:
+  """`config.data.dataset`, or the deprecated `config.data.task` if that is set (warned)."""
+  old = config_data.get("task")
+  if old:
+    logging.warning("config.data.task is deprecated: use config.data.dataset=%s instead.", old)
+    return old
+  return config_data.dataset
+
+
+def spec_from_config(config_data) -> DatasetSpec:
+  """The spec of `config.data.dataset`, with `config.data` overrides applied."""
+  spec = get_dataset_spec(
+    dataset_name(config_data), listops_config=config_data.get("listops_config", "default")
+  )
+  train_split = config_data.get("train_split")
+  if train_split:
+    spec = dataclasses.replace(spec, train_split=train_split)
+  return spec

@@ -1,0 +1,382 @@
+r"""Measuring the model: timing, compiled memory, OOM, model FLOPs, device peak FLOP/s.
+
+One library for the benchmarks (`benchmarks/table3.py`, `attention.py`, `train_throughput.py`)
+and the training loop's MFU, so that "peak memory", "OOM" and "model FLOPs" mean one thing.
+
+Compiled memory. XLA's memory analysis of a compiled call: argument bytes (parameters, inputs),
+output bytes, temp bytes (the intermediates, already packed by liveness, so their peak) and alias
+bytes (outputs written into donated arguments). The peak is
+
+    peak = argument + output + temp - alias
+
+because an output aliasing a donated argument is the same buffer, counted once. For a call that
+donates nothing (an inference forward) alias is 0 and the peak is the plain sum; for a train
+step that donates its state, not subtracting would count the state twice.
+
+Model FLOPs (the numerator of MFU): matrix multiplications only, each (m x k) @ (k x n) product
+counted 2 m k n. Not counted: embedding lookups (gathers), LayerNorm, GELU, softmax, dropout, the
+loss and the optimizer. With n tokens per sequence, width H, MLP width F, k the projected length
+(k' = number of windows for pool and conv projections), m predicted slots, vocabulary V:
+
+    per layer   Q, output dense            2 n H^2 each
+                MLP (in and out)           2 * 2 n H F
+                K, V dense                 full, or Linformer with per-head or max-pool
+                                             projections: 2 n H^2 each; Linformer, shared
+                                             linear projection (headwise, kv, layerwise:
+                                             `_project_inputs_first`): 2 k H^2 each
+                sequence projection        learned/random E, F: 2 k n H each (projecting the
+                  (Linformer only)           inputs first also applies E to the all-ones
+                                             column, 2 k n each); conv: 2 n H each; mean and
+                                             max pooling: none
+                attention scores Q K^T     full: 2 n^2 H;  Linformer: 2 n k' H
+                attention output P V       full: 2 n^2 H;  Linformer: 2 n k' H
+    MLM head    dense, tied decoder        2 m H^2, 2 m H V (at the m masked slots only)
+    finetune    dense, output              2 H^2, 2 H labels (at the first token)
+
+For `kv` and `layerwise` sharing the code calls the projection for K and for V separately; both
+calls count. Training = 3 x forward (the backward of a matmul is two matmuls of its size), except
+a fixed `random` projection, whose matrix gets no gradient: 2 x. Rematerialisation's recomputed
+forward is not counted (model FLOPs, not hardware FLOPs). For a training loop, with
+`peak, source = peak_flops(cfg.dtype, devices)`:
+
+    MFU = tokens/s * train_flops_per_token(cfg, task, n) / (peak * len(devices))
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from linformer.config import ModelConfig
+
+MIB = 2**20
+GIB = 2**30
+MASK_PROB = 0.15  # the MLM pipeline's default: m = ceil(0.15 n) (data.mlm.default_max_predictions)
+TASKS = ("encoder", "mlm", "finetune")
+
+# ---------------------------------------------------------------------------------------------
+# Formatting and CSV.
+
+
+def ints(text: str) -> list[int]:
+  """'512,1024' -> [512, 1024] (an argparse type)."""
+  return [int(v) for v in text.split(",") if v]
+
+
+def fmt(value, spec: str, missing: str = "—", suffix: str = "") -> str:
+  return missing if value is None else format(value, spec) + suffix
+
+
+def ratio(a, b):
+  """a / b, or None when either is missing (or b is 0)."""
+  return a / b if a is not None and b else None
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+  """Written whole to a temporary file, then renamed: never a half file."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fields = list(dict.fromkeys(key for r in rows for key in r))
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  with tmp.open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    for r in rows:
+      writer.writerow({key: f"{v:.4g}" if isinstance(v, float) else v for key, v in r.items()})
+  tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiling, timing.
+
+
+def compile_forward(module: nnx.Module, inputs: tuple):
+  """The module's deterministic forward, jit-compiled for these inputs: (compiled, state).
+  Call as `compiled(state, *inputs)`."""
+  graphdef, state = nnx.split(module)
+  forward = lambda state, *xs: nnx.merge(graphdef, state)(*xs, deterministic=True)
+  return jax.jit(forward).lower(state, *inputs).compile(), state
+
+
+def timed_call(fn: Callable, *args) -> Callable[[], float]:
+  """A function running `fn(*args)` to completion and returning its wall time in seconds."""
+
+  def call():
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+  return call
+
+
+def time_interleaved(group: list[dict], repeats: int) -> None:
+  """Times a group of cells round-robin, so that load from other processes on a shared machine
+  slows them alike.
+
+  A cell is a dict; those with a `call` (no arguments, returns its seconds) are timed `repeats`
+  times into their `times` list; then `call` is dropped and `median_s` set. A call that raises
+  stops that cell only: its `status` becomes `failure_status(error)` ('OOM: ...' or 'error: ...').
+  """
+  for r in group:
+    if "call" in r:
+      r.setdefault("times", [])
+  for _ in range(repeats):
+    for r in group:
+      if "call" not in r:
+        continue
+      try:
+        r["times"].append(r["call"]())
+      except Exception as e:  # noqa: BLE001 -- one failing cell does not stop the others
+        r.pop("call")
+        r["status"] = failure_status(e)
+  for r in group:
+    if r.pop("call", None) and r["times"]:
+      r["median_s"] = statistics.median(r["times"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory and OOM.
+
+
+def memory_limit() -> int | None:
+  """Bytes a computation may use: the device's allocator limit, on CPU the available RAM."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return stats["bytes_limit"]
+  if jax.default_backend() == "cpu":
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  return None
+
+
+def compiled_memory(compiled) -> dict[str, int]:
+  """XLA's memory analysis: temp, argument, output, alias bytes and the one definition of peak,
+  argument + output + temp - alias (see the module docstring)."""
+  mem = compiled.memory_analysis()
+  out = dict(
+    temp=mem.temp_size_in_bytes,
+    argument=mem.argument_size_in_bytes,
+    output=mem.output_size_in_bytes,
+    alias=mem.alias_size_in_bytes,
+  )
+  out["peak"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+  return out
+
+
+def compiled_flops(compiled) -> float | None:
+  """XLA's FLOP estimate of a compiled call (every op, elementwise ones included); None when the
+  backend has none."""
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0))
+    return flops if flops > 0 else None
+  except Exception:  # noqa: BLE001 -- an estimate only; some backends have none
+    return None
+
+
+def is_oom(error: BaseException) -> bool:
+  """Whether an error means out of memory: Python's MemoryError, XLA's RESOURCE_EXHAUSTED, or an
+  allocator's 'out of memory' message (GPU, host)."""
+  text = str(error)
+  return (
+    isinstance(error, MemoryError)
+    or "RESOURCE_EXHAUSTED" in text
+    or "out of memory" in text.lower()
+  )
+
+
+def failure_status(error: BaseException, limit: int = 200) -> str:
+  """'OOM: <type>: <first line>' or 'error: <type>: <first line>', for a results table."""
+  lines = str(error).splitlines()
+  return ("OOM" if is_oom(error) else "error") + (
+    f": {type(error).__name__}: {lines[0][:limit] if lines else ''}"
+  )
+
+
+def over_limit(peak: int, limit: int | None) -> str | None:
+  """The OOM status of a compiled peak over the memory limit (checked before running), or None
+  when it fits."""
+  if limit is None or peak <= limit:
+    return None
+  return f"OOM (compiled {peak / GIB:.2f} GiB > {limit / GIB:.2f} GiB)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Model FLOPs (see the module docstring).
+
+
+def forward_flops(
+  cfg: ModelConfig,
+  n: int,
+  task: str = "encoder",
+  num_predictions: int | None = None,
+  num_labels: int = 2,
+) -> dict[str, float]:
+  """Matmul FLOPs of one length-n sequence through the forward pass, by part.
+
+  task: 'encoder' (no head: inference of the layer stack), 'mlm' (MaskedLM's head at
+  `num_predictions` slots, default ceil(0.15 n)) or 'finetune' (SequenceClassifier's head).
+  """
+  if task not in TASKS:
+    raise ValueError(f"task={task!r}: use one of {TASKS}")
+  hid, f = cfg.hidden_size, cfg.mlp_dim
+  parts = dict(qo_dense=0.0, kv_dense=0.0, mlp=0.0, seq_proj=0.0, attention=0.0)
+  for layer in range(cfg.num_layers):
+    parts["qo_dense"] += 2 * (2 * n * hid * hid)
+    parts["mlp"] += 2 * (2 * n * hid * f)
+    if cfg.attention == "full":
+      parts["kv_dense"] += 2 * (2 * n * hid * hid)
+      parts["attention"] += 2 * (2 * n * n * hid)
+      continue
+    k = cfg.layer_ks[layer]
+    pooled = cfg.projection in ("mean_pool", "max_pool", "conv")
+    keys = math.ceil(n / (cfg.max_len // k)) if pooled else k  # windows of an n-token input
+    inputs_first = cfg.sharing != "none" and cfg.projection != "max_pool"
+    parts["kv_dense"] += 2 * (2 * (keys if inputs_first else n) * hid * hid)
+    if cfg.projection in ("learned", "random"):
+      parts["seq_proj"] += 2 * (2 * k * n * hid)
+      if inputs_first:
+        parts["seq_proj"] += 2 * (2 * k * n)  # E applied to the all-ones (bias) column
+    elif cfg.projection == "conv":
+      parts["seq_proj"] += 2 * (2 * n * hid)
+    parts["attention"] += 2 * (2 * n * keys * hid)
+  if task == "mlm":
+    m = num_predictions if num_predictions is not None else math.ceil(MASK_PROB * n)
+    parts["mlm_head"] = 2 * m * hid * hid + 2 * m * hid * cfg.vocab_size
+  elif task == "finetune":
+    parts["cls_head"] = 2 * hid * hid + 2 * hid * num_labels
+  return parts
+
+
+def train_flops(
+  cfg: ModelConfig,
+  n: int,
+  task: str = "mlm",
+  num_predictions: int | None = None,
+  num_labels: int = 2,
+) -> dict[str, float]:
+  """Matmul FLOPs of one length-n sequence through forward and backward, by part."""
+  parts = forward_flops(cfg, n, task, num_predictions, num_labels)
+  fixed = cfg.attention == "linformer" and cfg.projection == "random"
+  return {key: (2.0 if key == "seq_proj" and fixed else 3.0) * v for key, v in parts.items()}
+
+
+def train_flops_per_token(
+  cfg: ModelConfig, task: str, n: int, num_predictions: int | None = None, num_labels: int = 2
+) -> float:
+  """Model FLOPs of one training token (forward + backward); x tokens/s = model FLOP/s."""
+  return sum(train_flops(cfg, n, task, num_predictions, num_labels).values()) / n
+
+
+def inference_flops_per_token(
+  cfg: ModelConfig,
+  n: int,
+  task: str = "encoder",
+  num_predictions: int | None = None,
+  num_labels: int = 2,
+) -> float:
+  """Model FLOPs of one token through the forward pass."""
+  return sum(forward_flops(cfg, n, task, num_predictions, num_labels).values()) / n
+
+
+# ---------------------------------------------------------------------------------------------
+# Device peak FLOP/s: datasheet numbers, dense (no structured sparsity), per JAX device, TFLOP/s.
+# 'float32' is true IEEE float32 (CUDA cores); 'tfloat32' the TF32 tensor-core rate. Sources:
+#   H100 SXM / PCIe / NVL: NVIDIA H100 Tensor Core GPU datasheet
+#     (nvidia.com/en-us/data-center/h100); its TF32 and BF16 figures are with sparsity, halved here.
+#   H200 / H200 NVL: NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200), likewise halved.
+#   A100 (SXM and PCIe, 40 and 80 GB): NVIDIA A100 datasheet (nvidia.com/en-us/data-center/a100).
+#   V100 SXM2 / PCIe: NVIDIA V100 datasheet (nvidia.com/en-us/data-center/v100); no bfloat16
+#     hardware (XLA emulates it), so none; float16 tensor cores 125 / 112.
+#   L4: NVIDIA L4 datasheet (nvidia.com/en-us/data-center/l4), sparse figures halved.
+#   TPU v4 275, v5e 197, v5p 459, v6e 918 bf16 TFLOP/s per chip (one JAX device per chip):
+#     cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e. Google publishes no float32 rate.
+# Patterns match `device.device_kind` lowercased, first match wins (so 'v5 lite' before 'v5').
+_PEAKS = (
+  (r"h100.*pcie", "H100 PCIe", dict(bfloat16=756, float16=756, tfloat32=378, float32=51)),
+  (r"h100.*nvl", "H100 NVL", dict(bfloat16=835.5, float16=835.5, tfloat32=417.5, float32=60)),
+  (r"h100", "H100 SXM", dict(bfloat16=989.4, float16=989.4, tfloat32=494.7, float32=66.9)),
+  (r"h200.*nvl", "H200 NVL", dict(bfloat16=835.5, float16=835.5, tfloat32=417.5, float32=60)),
+  (r"h200", "H200", dict(bfloat16=989.4, float16=989.4, tfloat32=494.7, float32=66.9)),
+  (r"a100", "A100", dict(bfloat16=312, float16=312, tfloat32=156, float32=19.5)),
+  (r"v100.*pcie", "V100 PCIe", dict(float16=112, float32=14)),
+  (r"v100", "V100 SXM2", dict(float16=125, float32=15.7)),
+  (r"\bl4\b", "L4", dict(bfloat16=121, float16=121, tfloat32=60, float32=30.3)),
+  (r"^tpu v4$", "TPU v4", dict(bfloat16=275)),
+  (r"^tpu v5 ?(lite|e)", "TPU v5e", dict(bfloat16=197)),
+  (r"^tpu v5p?$", "TPU v5p", dict(bfloat16=459)),
+  (r"^tpu v6 ?(lite|e)", "TPU v6e", dict(bfloat16=918)),
+)
+_SHORT = dict(bfloat16="bf16", float16="fp16", tfloat32="tf32", float32="fp32")
+
+
+def _lookup(kind: str, dtype: str, default_precision: bool) -> tuple[float, str] | None:
+  dtype = jnp.dtype(dtype).name
+  for pattern, name, rates in _PEAKS:
+    if re.search(pattern, kind.lower().strip()):
+      if dtype == "float32" and default_precision:
+        # JAX's default precision runs float32 matmuls as TF32 on Ampere and later NVIDIA GPUs
+        # and as one bfloat16 pass on TPUs (docs.jax.dev, "Matmul precision").
+        dtype = next((d for d in ("tfloat32", "bfloat16") if d in rates), dtype)
+      rate = rates.get(dtype)
+      return None if rate is None else (rate * 1e12, f"{name} {_SHORT[dtype]}")
+  return None
+
+
+def device_peak_flops(
+  device, dtype: str = "bfloat16", default_precision: bool = True
+) -> float | None:
+  """Datasheet peak FLOP/s of one device (a `jax.Device` or its `device_kind` string) for
+  matmuls in `dtype`, or None when the device or dtype is not in the table.
+
+  float32 with `default_precision` is the rate of JAX's default matmul precision (TF32 on
+  A100/H100/H200/L4, bfloat16 on TPUs); False asks for true float32 (None on TPUs).
+  """
+  kind = device if isinstance(device, str) else device.device_kind
+  found = _lookup(kind, dtype, default_precision)
+  return found and found[0]
+
+
+def matmul_rate(size: int, repeats: int, dtype="float32", device=None) -> float:
+  """Best FLOP/s of a jitted size x size x size matmul on `device` (default: the first)."""
+  put = functools.partial(jax.device_put, device=device or jax.devices()[0])
+  a = put(jax.random.normal(jax.random.key(0), (size, size), dtype))
+  b = put(jax.random.normal(jax.random.key(1), (size, size), dtype))
+  dot = jax.jit(jnp.dot)
+  dot(a, b).block_until_ready()
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    dot(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size**3 / best
+
+
+@functools.cache
+def _measured_peak(device, dtype: str) -> float:
+  """Measured once per device and dtype: 1024^3 on a CPU (6 x 2 GFLOP, under 1 s on 2 cores)."""
+  size = 1024 if device.platform == "cpu" else 4096
+  return matmul_rate(size, repeats=5, dtype=dtype, device=device)
+
+
+def peak_flops(dtype: str = "float32", devices: Sequence | None = None) -> tuple[float, str]:
+  """Per-device peak FLOP/s for MFU and where it came from: the datasheet table
+  ('table:H100 SXM bf16') when every device is in it, else the matmul rate of the first device,
+  measured once per device and dtype (cached): 'measured matmul rate'."""
+  devices = list(devices or jax.devices())
+  found = {_lookup(d.device_kind, dtype, True) for d in devices}
+  if len(found) == 1 and None not in found:
+    rate, name = found.pop()
+    return rate, f"table:{name}"
+  return _measured_peak(devices[0], jnp.dtype(dtype).name), "measured matmul rate"

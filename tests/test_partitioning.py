@@ -1,0 +1,60 @@
+"""Sharding rules from the config: logical axis names onto the (data, fsdp, tensor) mesh."""
+
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from linformer.config import ConfigError, ModelConfig
+from linformer.model import MaskedLM
+from linformer.training import partitioning
+
+CFG = ModelConfig(
+  vocab_size=100, max_len=32, num_layers=1, hidden_size=32, num_heads=4, mlp_dim=64, k=8
+)
+
+
+def shardings(mesh_config, rules=None, cfg=CFG):
+  mesh = partitioning.make_mesh(mesh_config)
+  abstract = nnx.eval_shape(lambda: MaskedLM(cfg, rngs=nnx.Rngs(0)))
+  _, params = nnx.split(abstract, nnx.Param)
+  return nnx.to_pure_dict(partitioning.state_shardings(params, mesh, rules))
+
+
+def test_default_rules_shard_embed_over_fsdp_and_mlp_over_tensor():
+  s = shardings({"data": 2, "fsdp": 2, "tensor": 2})
+  assert s["encoder"]["layers"][0]["mlp_in"]["kernel"].spec == P("fsdp", "tensor")
+  assert s["encoder"]["embeddings"]["token"]["embedding"].spec == P("tensor", "fsdp")
+  assert s["encoder"]["layers"][0]["attention"]["query"]["kernel"].spec == P("fsdp", "tensor", None)
+
+
+def test_rules_from_the_config_change_the_layout():
+  rules = {"embed": None, "mlp": "fsdp"}
+  s = shardings({"data": 2, "fsdp": 2, "tensor": 2}, rules)
+  assert s["encoder"]["layers"][0]["mlp_in"]["kernel"].spec == P(None, "fsdp")
+  assert s["encoder"]["embeddings"]["token"]["embedding"].spec == P("tensor", None)
+
+
+def test_an_indivisible_axis_is_replicated_and_logged_by_name(caplog):
+  cfg = ModelConfig(
+    vocab_size=101, max_len=32, num_layers=1, hidden_size=32, num_heads=4, mlp_dim=64, k=8
+  )
+  with caplog.at_level("WARNING"):
+    s = shardings({"data": 4, "tensor": 2}, cfg=cfg)
+  assert s["encoder"]["embeddings"]["token"]["embedding"].spec == P(None, "fsdp")
+  assert s["mlm_bias"].spec == P(None)
+  lines = [r.getMessage() for r in caplog.records if "Replicated" in r.getMessage()]
+  assert len(lines) == 1
+  assert "encoder/embeddings/token/embedding: vocab (101) on tensor (2)" in lines[0]
+  assert "mlm_bias: vocab (101) on tensor (2)" in lines[0]
+
+
+@pytest.mark.parametrize(
+  "rules, message",
+  [
+    ({"embedding": "fsdp"}, "unknown logical axes \\['embedding'\\]"),
+    ({"embed": "model"}, "config.mesh.rules.embed='model': not a mesh axis"),
+  ],
+)
+def test_bad_rules_name_the_field(rules, message):
+  with pytest.raises(ConfigError, match=message):
+    shardings({"data": 1}, rules)

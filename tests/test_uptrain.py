@@ -1,0 +1,213 @@
+"""Uptraining through the loop: `config.init_from` = a HuggingFace directory, the freeze phase,
+longer n than the checkpoint, export and re-import, fine-tuning straight from a HF directory.
+
+The HF directory is written by the project's own exporter from a random full-attention BERT
+with a word-level tokenizer trained on pydocs (no torch, no hub); test_convert.py checks the
+format against `transformers`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
+
+from configs import uptrain
+from linformer import data
+from linformer.config import ConfigError, ModelConfig
+from linformer.convert import export
+from linformer.convert.hf_import import import_params
+from linformer.model import MaskedLM
+from linformer.training import warm_start
+from linformer.training.loop import train_and_evaluate
+from tests.helpers import finetune_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = dict(
+  max_len=32,
+  num_layers=2,
+  hidden_size=32,
+  num_heads=4,
+  mlp_dim=64,
+  attention="full",
+  type_vocab_size=2,
+  layer_norm_eps=1e-12,
+)
+
+
+def word_tokenizer(texts, path, vocab_size=400):
+  """A BERT-style word-level tokenizer.json trained on `texts`."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+  specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.train_from_iterator(
+    texts, trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials)
+  )
+  tok.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
+  tok.save(str(path))
+  return tok.get_vocab_size()
+
+
+@pytest.fixture(scope="module")
+def hf_dir(data_dir, tmp_path_factory):
+  """A 2-layer, 32-position BERT (with MLM head) in HuggingFace format."""
+  tfds.builder("pydocs", data_dir=data_dir).download_and_prepare(file_format="array_record")
+  texts = data.load_text_source("pydocs", "train", "text", data_dir)
+  root = tmp_path_factory.mktemp("hf")
+  vocab = word_tokenizer((texts[i] for i in range(0, len(texts), 2)), root / "tokenizer.json")
+  cfg = ModelConfig(vocab_size=vocab, **SOURCE)
+  rng = np.random.default_rng(0)
+  state = nnx.split(nnx.eval_shape(lambda: MaskedLM(cfg, rngs=nnx.Rngs(0))))[1]
+  params = {
+    p: (0.05 * rng.normal(size=v.shape)).astype(np.float32) for p, v in nnx.to_flat_state(state)
+  }
+  out = str(root / "bert")
+  export.export_dir(out, params, cfg, "bert", tokenizer_dir=str(root / "tokenizer.json"))
+  return out
+
+
+def uptrain_config(hf_dir, data_dir, arg="n=64,k=16,steps=4,batch=4,freeze=2", **overrides):
+  """configs/uptrain.py at test size: n=64 is twice the checkpoint's 32 positions."""
+  config = uptrain.get_config(arg)
+  config.init_from = hf_dir
+  config.data.data_dir = data_dir
+  config.mesh.data = 1
+  config.update(
+    num_eval_steps=1, eval_every_steps=100, log_every_steps=1, checkpoint_every_steps=1, **overrides
+  )
+  return config
+
+
+def flat(params):
+  return {
+    warm_start.path_key(p): np.asarray(v)
+    for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharing", ["none", "headwise", "kv", "layerwise"])
+def test_init_from_hf_trains_with_each_sharing_mode(sharing, hf_dir, data_dir, tmp_path):
+  config = uptrain_config(hf_dir, data_dir, f"n=64,k=16,steps=2,batch=4,freeze=1,sharing={sharing}")
+  result = train_and_evaluate(config, str(tmp_path))
+  assert int(result["state"].step) == 2 and np.isfinite(result["train"]["loss"])
+  with open(tmp_path / "config.json") as f:
+    model = json.load(f)["model"]
+  assert (model["num_layers"], model["hidden_size"], model["max_len"]) == (2, 32, 64)
+  with open(tmp_path / warm_start.RECORD_FILE) as f:
+    record = json.load(f)
+  assert "encoder/embeddings/token/embedding" in record["imported"]
+  assert "mlm_dense/kernel" in record["imported"]  # the checkpoint's MLM head
+  assert all("proj_" in name for name in record["new"]) and record["new"]
+
+
+@pytest.fixture(scope="module")
+def uptrained(hf_dir, data_dir, tmp_path_factory):
+  """Two steps with the imported weights frozen, then two with everything training (the first
+  at the warmup's rate 0)."""
+  workdir = str(tmp_path_factory.mktemp("uptrained"))
+  frozen = train_and_evaluate(uptrain_config(hf_dir, data_dir), workdir, until_step=2)
+  done = train_and_evaluate(uptrain_config(hf_dir, data_dir), workdir)
+  return workdir, flat(frozen["state"].params), flat(done["state"].params), done
+
+
+@pytest.mark.slow
+def test_freeze_phase_leaves_imported_weights_bit_identical(uptrained, hf_dir):
+  workdir, frozen, done, result = uptrained
+  values, report = import_params(hf_dir, result["trainer"].model_cfg)
+  assert report.head_imported and report.positions == "extended"
+  imported = [k for k in frozen if k in values]
+  new = [k for k in frozen if k not in values]
+  assert len(imported) > 20 and new and all("proj_" in "/".join(map(str, k)) for k in new)
+  for key in imported:
+    np.testing.assert_array_equal(frozen[key], values[key], err_msg=str(key))
+  # The position table: the checkpoint's 32 rows, then the same 32 again.
+  table = frozen[("encoder", "embeddings", "position", "embedding")]
+  np.testing.assert_array_equal(table[32:], table[:32])
+  # E/F trained during the freeze; after it (steps 3-4, resumed) the imported weights move too.
+  assert all(not np.array_equal(frozen[k], done[k]) for k in imported if "position" not in k)
+
+
+@pytest.mark.slow
+def test_export_then_init_from_gives_identical_weights_and_outputs(
+  uptrained, data_dir, hf_dir, tmp_path
+):
+  workdir, _, done, result = uptrained
+  out = str(tmp_path / "exported")
+  run = subprocess.run(
+    [sys.executable, "-m", "linformer.convert.export", f"--workdir={workdir}", f"--out={out}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(os.listdir(out))
+  again = train_and_evaluate(
+    uptrain_config(out, data_dir, freeze_pretrained_steps=0), str(tmp_path / "again"), until_step=0
+  )
+  reread = flat(again["state"].params)
+  assert reread.keys() == done.keys()
+  for key, value in done.items():
+    np.testing.assert_array_equal(reread[key], value, err_msg=str(key))
+  batch = next(iter(result["trainer"].task.eval_batches("validation")))
+  losses = [
+    np.asarray(r["trainer"].task.eval_outputs(r["trainer"].model(r["state"]), batch)["loss"])
+    for r in (result, again)
+  ]
+  assert losses[0] == losses[1]
+
+
+@pytest.mark.slow
+def test_fill_mask_on_an_uptrained_run_accepts_the_tokenizers_mask(uptrained):
+  workdir = uptrained[0]
+  out = subprocess.run(
+    [
+      sys.executable,
+      "eval.py",
+      f"--workdir={workdir}",
+      "--fill_mask",
+      "the json [MASK] can encode <mask> objects",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert len([line for line in out.stdout.splitlines() if line.startswith("position")]) == 2
+
+
+@pytest.mark.slow
+def test_finetune_straight_from_a_hf_directory(hf_dir, data_dir, tmp_path):
+  config = finetune_config("sst2", data_dir, hf_dir)
+  with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+    result = train_and_evaluate(config, str(tmp_path))
+  assert int(result["state"].step) == 2
+  with open(tmp_path / warm_start.RECORD_FILE) as f:
+    record = json.load(f)
+  assert all(name.startswith("encoder/") for name in record["imported"])
+  assert "cls_out/kernel" in record["new"]
+
+
+def test_uptrain_without_init_from_is_an_error(data_dir, tmp_path):
+  config = uptrain_config("", data_dir)
+  with pytest.raises(ConfigError, match="freeze_pretrained_steps=.*init_from is empty"):
+    train_and_evaluate(config, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_init_from_a_directory_without_weights_is_an_error(hf_dir, data_dir, tmp_path):
+  bare = tmp_path / "bare"
+  bare.mkdir()
+  (bare / "config.json").write_text(open(os.path.join(hf_dir, "config.json")).read())
+  with pytest.raises(ConfigError, match="config.init_from=.*no model.safetensors"):
+    train_and_evaluate(uptrain_config(str(bare), data_dir), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
