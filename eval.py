@@ -6,74 +6,150 @@ r"""Evaluates a run's checkpoint, or predicts with it.
   python eval.py --workdir=runs/sst2 --text "a gripping film"
   python eval.py --workdir=runs/mnli --text "A man sleeps." --text_pair "A person rests."
   python eval.py --workdir=runs/tiny --fill_mask "The <mask> module encodes JSON."
+  python eval.py --workdir=runs/base --mesh=data=1,fsdp=1,tensor=1   # on fewer devices
 
-Prediction uses the best checkpoint of a fine-tuning run when it has one.
+Prediction uses the best checkpoint of a fine-tuning run when it has one. The checkpoint is
+restored onto the run's mesh if this machine has its devices, else onto every device here on
+the data axis (a run trained on 8 devices evaluates on 1), or onto --mesh.
+
+A bad flag, a workdir that holds no run, a split the task lacks or a step without a checkpoint
+prints one line and exits with status 2 (--traceback: the full trace).
 """
 
 import json
 import os
+import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-flags.DEFINE_string("workdir", None, "A train.py run directory.")
-flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
-flags.DEFINE_bool("best", False, "Use the checkpoint with the best main metric (fine-tuning).")
-flags.DEFINE_list("split", None, "Eval split(s); default all of the run's.")
-flags.DEFINE_integer(
-  "num_eval_steps",
-  None,
-  "Batches per split; default the run's config.num_eval_steps (-1: the whole split).",
-)
-flags.DEFINE_string("text", None, "Predict the label of this text (fine-tuning runs).")
-flags.DEFINE_string("text_pair", None, "Second text, for pair datasets (MNLI, QQP, ...).")
-flags.DEFINE_string(
-  "fill_mask",
-  None,
-  "Print the top 5 tokens at each <mask> (or the "
-  "tokenizer's own mask token, e.g. [MASK]) of this text (MLM runs).",
-)
-flags.mark_flags_as_required(["workdir"])
-FLAGS = flags.FLAGS
+from linformer import cli
 
 
-def main(argv):
+def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
   del argv
+  define = dict(flag_values=fv)
+  flags.DEFINE_string("workdir", None, "A train.py run directory.", **define)
+  flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.", **define)
+  flags.DEFINE_bool(
+    "best", False, "Use the checkpoint with the best main metric (fine-tuning).", **define
+  )
+  flags.DEFINE_list("split", None, "Eval split(s); default all of the run's.", **define)
+  flags.DEFINE_integer(
+    "num_eval_steps",
+    None,
+    "Batches per split; default the run's config.num_eval_steps (-1: the whole split).",
+    **define,
+  )
+  flags.DEFINE_string("text", None, "Predict the label of this text (fine-tuning runs).", **define)
+  flags.DEFINE_string(
+    "text_pair", None, "Second text, for pair datasets (MNLI, QQP, ...).", **define
+  )
+  flags.DEFINE_string(
+    "fill_mask",
+    None,
+    "Print the top 5 tokens at each <mask> (or the "
+    "tokenizer's own mask token, e.g. [MASK]) of this text (MLM runs).",
+    **define,
+  )
+  flags.DEFINE_string(
+    "mesh",
+    None,
+    "Devices to restore onto, e.g. data=1,fsdp=1,tensor=1 (one size may be -1); default the "
+    "run's mesh if it fits this machine, else all devices on the data axis.",
+    **define,
+  )
+  flags.mark_flags_as_required(["workdir"], flag_values=fv)
+
+
+def check_flags(fv: flags.FlagValues, config) -> None:
+  """The flags against each other and against the run, before anything is restored."""
+  task, workdir = config.get("task"), fv.workdir
+  if fv.fill_mask is not None and fv.text is not None:
+    raise cli.UsageError("--fill_mask and --text: give one of them.")
+  if fv.text_pair is not None and fv.text is None:
+    raise cli.UsageError("--text_pair needs --text (the first text of the pair).")
+  if (fv.fill_mask is not None or fv.text is not None) and (
+    fv.split or fv.num_eval_steps is not None
+  ):
+    raise cli.UsageError("--split and --num_eval_steps apply to evaluation, not prediction.")
+  if fv.fill_mask is not None and task != "mlm":
+    raise cli.UsageError(
+      f"--fill_mask: {workdir} is a {task} run; filling masks needs a masked-LM run."
+    )
+  if fv.text is not None:
+    if task != "finetune":
+      raise cli.UsageError(
+        f"--text: {workdir} is a {task} run; prediction needs a fine-tuning run."
+      )
+    from linformer.data.datasets import spec_from_config
+
+    spec = spec_from_config(config.data)
+    if spec.is_pair and fv.text_pair is None:
+      raise cli.UsageError(
+        f"--text: {spec.name} classifies text pairs ({' + '.join(spec.text_fields)}); give "
+        "--text_pair too."
+      )
+    if not spec.is_pair and fv.text_pair is not None:
+      raise cli.UsageError(f"--text_pair: {spec.name} classifies single texts; leave it out.")
+  if fv.split:
+    from linformer.validation import eval_split_names
+
+    known = eval_split_names(config)
+    unknown = [s for s in fv.split if s not in known]
+    if unknown:
+      raise cli.UsageError(
+        f"--split={','.join(fv.split)}: {workdir} ({task}, {config.data.get('dataset')}) has no "
+        f"split {unknown[0]!r}; its splits are {', '.join(known)}."
+      )
+  if fv.num_eval_steps is not None and fv.num_eval_steps != -1 and fv.num_eval_steps < 1:
+    raise cli.UsageError(
+      f"--num_eval_steps={fv.num_eval_steps}: give a number of batches >= 1, or -1 for all."
+    )
+  if fv.step is not None and fv.step < 0:
+    raise cli.UsageError(f"--step={fv.step}: give a checkpoint step >= 0.")
+
+
+def main(fv: flags.FlagValues) -> int:
   logging.set_verbosity(logging.WARNING)
+  from linformer.training import checkpointing
+
+  config = checkpointing.load_config(fv.workdir)  # no run, or a torn config.json: one line
+  check_flags(fv, config)
+  mesh = cli.parse_mesh(fv.mesh) if fv.mesh else None
   from linformer.training.loop import evaluate, restore_run
 
-  if FLAGS.fill_mask is not None:
-    _, trainer, state = restore_run(FLAGS.workdir, FLAGS.step)
-    if not hasattr(trainer.task, "fill_mask"):
-      raise app.UsageError(
-        f"--fill_mask: {FLAGS.workdir} is a {trainer.task.name} run; "
-        "filling masks needs a masked-LM run."
-      )
+  if fv.fill_mask is not None:
+    _, trainer, state = restore_run(fv.workdir, fv.step, config, best=fv.best, mesh=mesh)
     try:
-      result = trainer.task.fill_mask(trainer.model(state), FLAGS.fill_mask)
+      result = trainer.task.fill_mask(trainer.model(state), fv.fill_mask)
     except ValueError as e:
-      raise app.UsageError(str(e)) from None
+      raise cli.UsageError(str(e)) from None
     for mask in result["masks"]:
       print(
         f"position {mask['position']}: "
         + "  ".join(f"{c['token']} {c['probability']:.3f}" for c in mask["candidates"])
       )
-    return
-  if FLAGS.text is not None:
-    best = FLAGS.best or (FLAGS.step is None and os.path.isdir(os.path.join(FLAGS.workdir, "best")))
-    _, trainer, state = restore_run(FLAGS.workdir, FLAGS.step, best=best)
-    if not hasattr(trainer.task, "predict"):
-      raise app.UsageError(
-        f"--text: {FLAGS.workdir} is a {trainer.task.name} run; prediction needs a fine-tuning run."
-      )
-    print(
-      json.dumps(trainer.task.predict(trainer.model(state), FLAGS.text, FLAGS.text_pair), indent=2)
-    )
-    return
-  config, trainer, state = restore_run(FLAGS.workdir, FLAGS.step, best=FLAGS.best)
-  num = config.num_eval_steps if FLAGS.num_eval_steps is None else FLAGS.num_eval_steps
-  metrics = evaluate(trainer, state, num, FLAGS.split)
-  print(json.dumps({"workdir": FLAGS.workdir, "step": int(state.step), **metrics}, indent=2))
+    return 0
+  if fv.text is not None:
+    best = fv.best or (fv.step is None and os.path.isdir(os.path.join(fv.workdir, "best")))
+    _, trainer, state = restore_run(fv.workdir, fv.step, config, best=best, mesh=mesh)
+    try:
+      prediction = trainer.task.predict(trainer.model(state), fv.text, fv.text_pair)
+    except ValueError as e:
+      raise cli.UsageError(str(e)) from None
+    print(json.dumps(prediction, indent=2))
+    return 0
+  config, trainer, state = restore_run(fv.workdir, fv.step, config, best=fv.best, mesh=mesh)
+  num = config.num_eval_steps if fv.num_eval_steps is None else fv.num_eval_steps
+  metrics = evaluate(trainer, state, num, fv.split)
+  print(json.dumps({"workdir": fv.workdir, "step": int(state.step), **metrics}, indent=2))
+  return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+  """eval.py with `argv` (default sys.argv); returns the exit status (2: a bad input)."""
+  return cli.run("eval.py", define_flags, main, argv, doc=__doc__)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(run())

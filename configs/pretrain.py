@@ -109,9 +109,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.freeze_pretrained_steps = 0  # steps training only what init_from did not provide
   config.freeze_lr = ml_collections.config_dict.placeholder(float)  # the new weights; None: lr
 
+  # Warmup follows the run's length unless set: the size's warmup, at most 10% of
+  # num_train_steps, also when --config.num_train_steps changes it (a lazy reference:
+  # min(a, b) = (a + b - |a - b|) / 2, as references have no min).
+  tenth = config.get_ref("num_train_steps") // 10
+  warmup = (tenth + s.warmup - abs(tenth - s.warmup)) // 2
   # fmt: off
   config.optimizer = ml_collections.ConfigDict(dict(
-    lr=s.lr, end_lr=0.0, schedule="linear", warmup_steps=min(s.warmup, config.num_train_steps),
+    lr=s.lr, end_lr=0.0, schedule="linear", warmup_steps=warmup,
     b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=1.0,
   ))
   # fmt: on

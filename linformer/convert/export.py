@@ -33,7 +33,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from linformer.config import ModelConfig
+from linformer.config import ConfigError, ModelConfig
 from linformer.convert import names
 from linformer.convert.hf_config import (
   CONFIG_FILE,
@@ -240,14 +240,16 @@ def run_params(workdir: str, step: int | None = None):
 
   config = checkpointing.load_config(workdir)
   if not os.path.isdir(os.path.join(workdir, checkpointing.LATEST)):
-    raise FileNotFoundError(f"{workdir} has no checkpoint yet: train it first (train.py).")
+    raise ConfigError(f"{workdir} has no checkpoint yet. Fix: train it first (train.py).")
   manager = checkpointing.make_manager(workdir, None, create=False)  # read only: deletes nothing
   steps = manager.all_steps()
   if not steps:
-    raise FileNotFoundError(f"{workdir} has no checkpoint yet: train it first (train.py).")
+    raise ConfigError(f"{workdir} has no checkpoint yet. Fix: train it first (train.py).")
   step = max(steps) if step is None else step
   if step not in steps:
-    raise ValueError(f"{workdir} has no checkpoint at step {step}; it has {sorted(steps)}.")
+    raise ConfigError(
+      f"--step={step}: {workdir} has no checkpoint at step {step}; it has {sorted(steps)}."
+    )
   raw = checkpointing.restore_raw(manager, step)
   params = {**names.flatten(raw["params"]), **names.flatten(raw.get("rest") or {})}
   if names.WORDS not in params:
@@ -294,28 +296,50 @@ def export_run(
   )
 
 
-def main(argv):
+def define_flags(fv, argv) -> None:
   from absl import flags
 
   del argv
-  f = flags.FLAGS
-  config = export_run(f.workdir, f.out, step=f.step, model_type=f.model_type)
-  print(f"Wrote {f.out} ({config['model_type']}, step {config['linformer']['source']['step']}).")
-  for note in config["linformer"]["transformers_load"]:
-    print("Note:", note)
-
-
-if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_string("workdir", None, "The run's --workdir (its latest checkpoint is exported).")
-  flags.DEFINE_string("out", None, "Directory to write the HuggingFace files to.")
-  flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+  define = dict(flag_values=fv)
+  flags.DEFINE_string(
+    "workdir", None, "The run's --workdir (its latest checkpoint is exported).", **define
+  )
+  flags.DEFINE_string("out", None, "Directory to write the HuggingFace files to.", **define)
+  flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).", **define)
   flags.DEFINE_enum(
     "model_type",
     "auto",
     ["auto", *MODEL_TYPES],
     "HF architecture; auto: that of config.init_from, else bert with token types, roberta without.",
+    **define,
   )
-  flags.mark_flags_as_required(["workdir", "out"])
-  app.run(main)
+  flags.mark_flags_as_required(["workdir", "out"], flag_values=fv)
+
+
+def main(fv) -> int:
+  from linformer.cli import UsageError
+
+  if os.path.exists(fv.out) and not os.path.isdir(fv.out):
+    raise UsageError(f"--out={fv.out} is a file. Fix: give a new or existing directory.")
+  if fv.step is not None and fv.step < 0:
+    raise UsageError(f"--step={fv.step}: give a checkpoint step >= 0.")
+  if os.path.abspath(fv.out) == os.path.abspath(fv.workdir):
+    raise UsageError(f"--out={fv.out} is the run's workdir. Fix: export to another directory.")
+  config = export_run(fv.workdir, fv.out, step=fv.step, model_type=fv.model_type)
+  print(f"Wrote {fv.out} ({config['model_type']}, step {config['linformer']['source']['step']}).")
+  for note in config["linformer"]["transformers_load"]:
+    print("Note:", note)
+  return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+  """`python -m linformer.convert.export` with `argv`; returns the exit status (2: bad input)."""
+  from linformer import cli
+
+  return cli.run("linformer.convert.export", define_flags, main, argv, doc=__doc__)
+
+
+if __name__ == "__main__":
+  import sys
+
+  sys.exit(run())

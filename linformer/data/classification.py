@@ -36,13 +36,13 @@ from collections.abc import Iterator, Sequence
 import grain
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 # tfds imports its dataset modules lazily and, without TensorFlow, never
 # imports the legacy ones: this registers `glue` (`imdb_reviews` and `lm1b`
 # are registered by name).
-import tensorflow_datasets.text  # pylint: disable=unused-import
+import tensorflow_datasets.text  # noqa: F401  (registers glue)
 
+from linformer.config import ConfigError
 from linformer.data import pipeline
 from linformer.data.datasets import DatasetSpec, spec_from_config
 from linformer.data.encoding import EncodeExample, Template, resolve_truncation, template_for
@@ -78,37 +78,27 @@ def _builder(spec: DatasetSpec, data_dir: str | None):
     except ModuleNotFoundError as e:
       if e.name != "linformer.data.listops":
         raise
-      raise ValueError(
+      raise ConfigError(
         "config.data.dataset='listops' needs the ListOps TFDS builder in linformer/data/listops.py."
       ) from e
-  try:
-    return tfds.builder(spec.tfds_name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
-      f"config.data.dataset={spec.name!r}: TFDS dataset {spec.tfds_name!r} is not registered ({e})."
-    ) from e
+  field = f"config.data.dataset={spec.name!r}"
+  if dataset == "listops":
+    field = f"config.data.listops_config={spec.tfds_name.split('/', 1)[-1]!r}"
+  return pipeline.open_builder(spec.tfds_name, data_dir, field)
 
 
 def open_split(spec: DatasetSpec, split: str, data_dir: str | None = None, builder=None):
   """The random-access TFDS data source of `spec.tfds_name[split]`.
 
-  Prepares the dataset if needed and checks its features against the spec.
+  Prepares the project's ListOps if needed (any other dataset must be prepared already:
+  `pipeline.ensure_prepared`) and checks its features and splits against the spec.
   """
   builder = builder or _builder(spec, data_dir)
-  if not builder.is_prepared():
-    try:
-      builder.download_and_prepare(file_format="array_record")
-    except Exception as e:  # pylint: disable=broad-except
-      raise RuntimeError(
-        f"config.data.dataset={spec.name!r}: cannot prepare {spec.tfds_name!r} under "
-        f"config.data.data_dir={data_dir!r} ({type(e).__name__}: {e}). Prepare it where it "
-        f"can be downloaded: `tfds build {spec.tfds_name} --file_format=array_record "
-        "--data_dir=...`."
-      ) from e
+  pipeline.ensure_prepared(builder, f"config.data.dataset={spec.name!r}", data_dir)
   features = builder.info.features
   missing = [f for f in (*spec.text_fields, spec.label_field) if f not in features]
   if missing:
-    raise ValueError(
+    raise ConfigError(
       f"Dataset {spec.name!r}: {spec.tfds_name} has no features {missing}; its "
       f"features are {sorted(features.keys())}."
     )
@@ -117,17 +107,27 @@ def open_split(spec: DatasetSpec, split: str, data_dir: str | None = None, build
   if spec.is_regression != (num_classes is None) or (
     num_classes is not None and num_classes != spec.num_labels
   ):
-    raise ValueError(
+    raise ConfigError(
       f"Dataset {spec.name!r} expects {spec.num_labels} labels but "
       f"{spec.tfds_name} has label feature {label}."
     )
   known = list(builder.info.splits.keys())
   if pipeline.unknown_splits(split, known):
-    raise ValueError(
-      f"Dataset {spec.name!r}: split {split!r} is not in {spec.tfds_name}, "
-      f"whose splits are {known}."
+    where = " (config.data.train_split)" if split == spec.train_split else ""
+    raise ConfigError(
+      f"Dataset {spec.name!r}: split {split!r}{where} is not in {spec.tfds_name}, whose "
+      f"splits are {known}."
     )
   return builder.as_data_source(split=split)
+
+
+def check_dataset(spec: DatasetSpec, data_dir: str | None = None) -> None:
+  """What `build_classification_data` needs of the dataset, checked before a run writes
+  anything: it is known, prepared (ListOps is generated if need be) and has the spec's
+  features, train split and eval splits."""
+  builder = _builder(spec, data_dir)
+  for split in (spec.train_split, *(tfds_split for _, tfds_split in spec.eval_splits)):
+    open_split(spec, split, data_dir, builder)
 
 
 # The pipeline.

@@ -33,9 +33,10 @@ value.
   task: deprecated spelling of `dataset` (None); when set it is used, with a
     warning.
   data_dir: TFDS data dir; None -> $TFDS_DATA_DIR or ~/tensorflow_datasets.
-    Datasets not prepared there are prepared (downloaded) on first use; on a
-    machine without network prepare them elsewhere with
-    `tfds build glue/sst2 --file_format=array_record --data_dir=...`.
+    GLUE and IMDB must be prepared there beforehand (a run never downloads:
+    offline that would hang on retries): on a machine with network run
+    `tfds build glue/sst2 --file_format=array_record --data_dir=DIR` and copy
+    DIR here. ListOps is generated on first use.
   train_split: None -> the dataset's ('train'); TFDS slicing such as
     'train[:10%]' works.
   truncation: 'auto', 'head', 'tail' or 'head_tail' (see
@@ -53,6 +54,8 @@ import dataclasses
 
 import ml_collections
 from absl import logging
+
+from linformer.config import ConfigError
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -232,7 +235,7 @@ DATASETS: dict[str, DatasetSpec] = {
 def get_dataset_spec(dataset: str, *, listops_config: str = "default") -> DatasetSpec:
   """The spec of `dataset`; ValueError listing the known datasets if unknown."""
   if dataset not in DATASETS:
-    raise ValueError(
+    raise ConfigError(
       f"config.data.dataset={dataset!r}: unknown dataset. Known datasets: "
       f"{', '.join(sorted(DATASETS))}."
     )

@@ -3,18 +3,29 @@
 Both pipelines cut one global example sequence into per-host batches the same
 way (`host_batches`), pad eval splits to the same number of full batches on
 every host (`eval_batches_per_host`), may run grain worker processes
-(`multiprocess`), read TFDS text features (`decode_text`) and check asked
-splits against a builder's (`unknown_splits`).
+(`multiprocess`), read TFDS text features (`decode_text`), check asked
+splits against a builder's (`unknown_splits`) and open TFDS builders, preparing
+only the project's own (`open_builder`, `ensure_prepared`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from collections.abc import Sequence
 
 import grain
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import flags
+
+from linformer.config import ConfigError
+
+# Builders generated on this machine without network (prepared on first use).
+PROJECT_BUILDERS = ("pydocs", "text_files", "listops")
+# tfds.testing.mock_data replaces this with a no-op: mocked datasets "prepare" offline.
+_DOWNLOAD_AND_PREPARE = tfds.core.DatasetBuilder.__dict__["download_and_prepare"]
 
 
 def multiprocess(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
@@ -70,6 +81,15 @@ def decode_text(value) -> str:
   return str(value)
 
 
+def not_text_fraction(text: str) -> float:
+  """The fraction of `text` that is U+FFFD (undecodable bytes) or a control character other
+  than whitespace: near 0 for text, large for binary or random data read as text."""
+  if not text:
+    return 0.0
+  bad = sum(1 for c in text if c == "\ufffd" or (c < " " and c not in "\t\n\r\f\v"))
+  return bad / len(text)
+
+
 def unknown_splits(split: str, known: Sequence[str]) -> list[str]:
   """The split names in `split` ('train[:10%]+test') that are not in `known`.
 
@@ -78,3 +98,62 @@ def unknown_splits(split: str, known: Sequence[str]) -> list[str]:
   """
   asked = [part.split("[")[0].strip() for part in split.split("+")]
   return [name for name in asked if known and name not in known]
+
+
+class _NoVariantWarnings(logging.Filter):
+  """Drops TFDS's 'Variant folder ... has no dataset_info.json' warnings: an unprepared
+  dataset is reported by `ensure_prepared`, in one line."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith("Variant folder")
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  quiet = _NoVariantWarnings()
+  logger = logging.getLogger("absl")
+  logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    logger.removeFilter(quiet)
+
+
+def open_builder(tfds_name: str, data_dir: str | None, field: str, **kwargs):
+  """`tfds.builder(tfds_name, data_dir=...)`; an unknown name is a ConfigError naming the
+  config `field` (e.g. "config.data.dataset='nope'")."""
+  try:
+    with _quiet_tfds():
+      return tfds.builder(tfds_name, data_dir=data_dir, **kwargs)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ConfigError(
+      f"{field}: TFDS has no dataset {tfds_name!r}. Project builders: "
+      f"{', '.join(PROJECT_BUILDERS)}; or any TFDS name such as 'lm1b', "
+      "'wikipedia/20230601.en', 'c4/en', 'glue/sst2' (see tfds.list_builders())."
+    ) from None
+  except ValueError as e:
+    if "BuilderConfig" not in str(e):
+      raise
+    builder_cls = tfds.builder_cls(tfds_name.split("/")[0].split(":")[0])
+    known = [c.name for c in getattr(builder_cls, "BUILDER_CONFIGS", [])]
+    raise ConfigError(f"{field}: no such config of {builder_cls.name!r}; known: {known}.") from None
+
+
+def ensure_prepared(builder, field: str, data_dir: str | None) -> None:
+  """Prepares the project's own builders (generated offline) if needed. Any other dataset must
+  already be prepared under `data_dir`: downloading it here could hang for minutes on a machine
+  without network, so it is a ConfigError saying how to prepare it elsewhere."""
+  with _quiet_tfds():
+    prepared = builder.is_prepared()
+  if prepared:
+    return
+  name = builder.info.full_name.rsplit("/", 1)[0]  # e.g. glue/sst2 (without the version)
+  mocked = tfds.core.DatasetBuilder.__dict__["download_and_prepare"] is not _DOWNLOAD_AND_PREPARE
+  if builder.name not in PROJECT_BUILDERS and not mocked:
+    raise ConfigError(
+      f"{field}: TFDS dataset {name!r} is not prepared under config.data.data_dir="
+      f"{data_dir!r} (looked in {builder.data_dir}), and it is not downloaded during a run. "
+      f"Fix: on a machine with network run `tfds build {name} --file_format=array_record "
+      "--data_dir=DIR`, copy DIR to this machine and set --config.data.data_dir=DIR."
+    )
+  builder.download_and_prepare(file_format="array_record")

@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import grain
@@ -124,6 +124,13 @@ class PretrainData(NamedTuple):
   eval_splits: EvalSplits
 
 
+def tokenizer_training_texts(train_texts: Sequence[str]) -> Iterator[str]:
+  """The documents a run's SentencePiece model is trained on: all of them, in a fixed random
+  order so that the sentence budget samples the whole corpus, not its first files."""
+  order = np.random.default_rng(0).permutation(len(train_texts))
+  return (train_texts[int(i)] for i in order)
+
+
 def _tokenizer_for_run(
   config_data, workdir: str, train_texts: sources.TextSource, given: Tokenizer | None
 ) -> Tokenizer:
@@ -142,11 +149,8 @@ def _tokenizer_for_run(
   elif config_data.tokenizer:
     tokenizer = Tokenizer.load(config_data.tokenizer)
   else:
-    # Documents in a fixed random order so the sentence budget samples the
-    # whole corpus, not its first files.
-    order = np.random.default_rng(0).permutation(len(train_texts))
     tokenizer = train_sentencepiece(
-      (train_texts[int(i)] for i in order),
+      tokenizer_training_texts(train_texts),
       config_data.vocab_size,
       max_sentences=config_data.tokenizer_max_sentences,
     )

@@ -2,12 +2,12 @@
 
 `load_text_source('lm1b', 'train', 'text', data_dir)` returns a sequence of
 `str` backed by `tfds.data_source` (ArrayRecord files), which grain can index,
-shuffle and shard. The project's own builders (`pydocs`, `text_files`) are
-prepared on first use; so are other TFDS datasets whose builder code runs
-without TensorFlow and whose source can be downloaded from this machine.
-Datasets whose builder code imports TensorFlow (e.g. `wikipedia`, `c4`) must
-be prepared elsewhere with `tfds build NAME --file_format=array_record` and
-their `data_dir` given here; reading them needs only the prepared files.
+shuffle and shard. The project's own builders (`pydocs`, `text_files`,
+`listops`) are prepared on first use. Any other TFDS dataset (`lm1b`,
+`wikipedia`, `c4`, ...) must be prepared beforehand, on a machine with network,
+with `tfds build NAME --file_format=array_record --data_dir=DIR`, and DIR given
+as `config.data.data_dir`: a run never downloads (offline it would hang on
+retries), and reading needs only the prepared files.
 """
 
 from __future__ import annotations
@@ -16,10 +16,21 @@ from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
+from linformer.config import ConfigError
 from linformer.data import pydocs, text_files  # noqa: F401  (pydocs: registers its builder)
-from linformer.data.pipeline import decode_text, unknown_splits
+from linformer.data.pipeline import (
+  PROJECT_BUILDERS,
+  decode_text,
+  ensure_prepared,
+  not_text_fraction,
+  open_builder,
+  unknown_splits,
+)
 
-PROJECT_BUILDERS = ("pydocs", "text_files", "listops")
+__all__ = ["PROJECT_BUILDERS", "TextSource", "get_builder", "load_text_source"]
+# A corpus whose sampled characters are more than this fraction undecodable (U+FFFD) or
+# control characters is not text (e.g. binary files read as text).
+MAX_NOT_TEXT_FRACTION = 0.1
 
 
 class TextSource(Sequence[str]):
@@ -42,19 +53,9 @@ class TextSource(Sequence[str]):
 
 
 def get_builder(dataset: str, data_dir: str | None, config: tfds.core.BuilderConfig | None = None):
-  """The TFDS builder of `dataset`, with an actionable error if unknown."""
+  """The TFDS builder of `dataset`; an unknown name is a ConfigError naming the field."""
   kwargs = {"config": config} if config is not None else {}
-  try:
-    return tfds.builder(dataset, data_dir=data_dir, **kwargs)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
-      f"config.data.dataset={dataset!r}: unknown TFDS dataset. Project "
-      f"builders: {', '.join(PROJECT_BUILDERS)}; or any TFDS name such as "
-      "'lm1b', 'wikipedia/20230601.en', 'c4/en' (see tfds.list_builders()). "
-      "A dataset whose builder code needs TensorFlow must be prepared "
-      "elsewhere as array_record and found under config.data.data_dir="
-      f"{data_dir!r}."
-    ) from e
+  return open_builder(dataset, data_dir, f"config.data.dataset={dataset!r}", **kwargs)
 
 
 def load_text_source(
@@ -79,38 +80,52 @@ def load_text_source(
       for `dataset='text_files'`.
   """
   builder = get_builder(dataset, data_dir, config)
-  if not builder.is_prepared():
-    if not prepare:
-      raise FileNotFoundError(
-        f"config.data.dataset={dataset!r} is not prepared under "
-        f"config.data.data_dir={data_dir!r} ({builder.data_dir}): call with "
-        f"prepare=True or run `tfds build {dataset} --file_format="
-        "array_record --data_dir=...`."
-      )
-    builder.download_and_prepare(file_format="array_record")
+  if not prepare and not builder.is_prepared():
+    raise FileNotFoundError(
+      f"config.data.dataset={dataset!r} is not prepared under "
+      f"config.data.data_dir={data_dir!r} ({builder.data_dir}): call with "
+      f"prepare=True or run `tfds build {dataset} --file_format="
+      "array_record --data_dir=...`."
+    )
+  ensure_prepared(builder, f"config.data.dataset={dataset!r}", data_dir)
 
   features = builder.info.features
   if field not in features:
-    raise ValueError(
+    raise ConfigError(
       f"config.data.field={field!r}: dataset {dataset!r} has no such feature;"
       f" its features are {sorted(features.keys())}."
     )
   known_splits = list(builder.info.splits.keys())
   if unknown_splits(split, known_splits):
-    raise ValueError(
+    raise ConfigError(
       f"split {split!r} (config.data.train_split / eval_split): dataset "
       f"{dataset!r} has splits {known_splits}."
     )
   try:
     data_source = builder.as_data_source(split=split)
   except (ValueError, NotImplementedError, FileNotFoundError) as e:
-    raise ValueError(
+    raise ConfigError(
       f"config.data.dataset={dataset!r}, split={split!r}: cannot open as a "
       f"random-access data source under data_dir={builder.data_dir!r} ({e})"
       f". Prepare it as ArrayRecord: `tfds build {dataset} --file_format="
       "array_record --data_dir=...`."
     ) from e
   return TextSource(data_source, field, builder.info.full_name, split)
+
+
+def check_is_text(texts: Sequence[str], what: str, samples: int = 64) -> None:
+  """A ConfigError if `texts` (a sample of `samples` documents spread over it) are mostly
+  undecodable bytes (U+FFFD after UTF-8 decoding) or control characters: not a text corpus."""
+  if not len(texts):
+    return
+  step = max(len(texts) // samples, 1)
+  sample = "".join(texts[i][:10_000] for i in range(0, len(texts), step)[:samples])
+  bad = not_text_fraction(sample)
+  if bad > MAX_NOT_TEXT_FRACTION:
+    raise ConfigError(
+      f"{what}: not text: {bad:.0%} of the characters of a sample are undecodable (U+FFFD) or "
+      "control characters. Fix: give UTF-8 text (e.g. .txt or .txt.gz files)."
+    )
 
 
 def text_files_config_from(config_data) -> text_files.TextFilesConfig | None:

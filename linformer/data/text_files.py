@@ -29,6 +29,9 @@ from collections.abc import Iterator, Sequence
 
 import tensorflow_datasets as tfds
 
+from linformer.config import ConfigError
+from linformer.data.pipeline import not_text_fraction
+
 
 @dataclasses.dataclass(eq=False)
 class TextFilesConfig(tfds.core.BuilderConfig):
@@ -82,6 +85,9 @@ def text_files_config(
     "train": _expand(train_patterns, "text_files_train_patterns"),
     "validation": _expand(validation_patterns, "text_files_validation_patterns"),
   }
+  for field, paths in (("train", files["train"]), ("validation", files["validation"])):
+    for path in paths[:MAX_FILES_CHECKED]:
+      check_text_file(path, f"config.data.text_files_{field}_patterns")
   fingerprint = json.dumps(
     {
       "files": {k: [(os.path.abspath(f), os.path.getsize(f)) for f in v] for k, v in files.items()},
@@ -99,6 +105,35 @@ def text_files_config(
     validation_fraction=validation_fraction,
     one_doc_per_file=one_doc_per_file,
   )
+
+
+# Files whose first bytes are checked to be text (`check_text_file`), per split, and how much.
+MAX_FILES_CHECKED = 1000
+_SAMPLE_BYTES = 1 << 16
+# More than this fraction of undecodable (U+FFFD) or control characters: not text.
+MAX_NOT_TEXT_FRACTION = 0.1
+
+
+def check_text_file(path: str, field: str) -> None:
+  """A ConfigError naming `path` if its first 64 KiB are not text: mostly bytes that are not UTF-8
+  (random or binary data) or control characters, or a .gz that does not decompress."""
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      sample = f.read(_SAMPLE_BYTES)
+  except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+    raise ConfigError(
+      f"{field}: {path} cannot be read ({e}). Fix: give .txt or .txt.gz files."
+    ) from None
+  text = sample.decode("utf-8", errors="replace")
+  if len(sample) == _SAMPLE_BYTES:  # a character cut at the end of the sample is not an error
+    text = text.rstrip("\ufffd")
+  bad = not_text_fraction(text)
+  if bad > MAX_NOT_TEXT_FRACTION:
+    raise ConfigError(
+      f"{field}: {path} is not text: {bad:.0%} of its first characters are undecodable (not "
+      "UTF-8) or control characters. Fix: give UTF-8 .txt or .txt.gz files."
+    )
 
 
 def _read_lines(path: str) -> Iterator[str]:

@@ -12,12 +12,17 @@ fine-tuning and evaluation reload exactly the same vocabulary (`load`).
 
 from __future__ import annotations
 
+import collections
 import io
 import os
+import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 import tokenizers
+
+from linformer.config import ConfigError
 
 SENTENCEPIECE_FILE = "sentencepiece.model"
 TOKENIZER_JSON = "tokenizer.json"
@@ -88,7 +93,7 @@ class Tokenizer:
       specials = [i for i, t in self._hf.get_added_tokens_decoder().items() if t.special]
     missing = [f"{role} (one of {_SPECIAL_NAMES[role]})" for role, i in ids.items() if i < 0]
     if missing:
-      raise ValueError(
+      raise ConfigError(
         f"Tokenizer {source or '(in memory)'} lacks special tokens needed for"
         f" MLM pretraining: {', '.join(missing)}. Add them to the tokenizer "
         "(e.g. tokenizer.add_special_tokens(['<mask>'])) or set "
@@ -209,6 +214,25 @@ def _training_sentences(texts: Iterable[str], max_sentences: int, max_sentence_c
           return
 
 
+def required_pieces(
+  texts: Iterable[str], max_sentences: int = 1_000_000, character_coverage: float = 0.9995
+) -> int:
+  """The smallest vocab_size `train_sentencepiece` accepts for `texts`: the characters covering
+  `character_coverage` of the (NFKC-normalised) text, each a piece, and the 5 special tokens,
+  counted as SentencePiece counts them (it refuses a smaller vocabulary)."""
+  counts = collections.Counter()
+  for line in _training_sentences(texts, max_sentences, 4096):
+    line = " ".join(unicodedata.normalize("NFKC", line).split())
+    counts.update("\u2581" + line.replace(" ", "\u2581"))  # SentencePiece's whitespace piece
+  total, covered, chars = sum(counts.values()), 0, 0
+  for _, count in counts.most_common():
+    if covered >= character_coverage * total:
+      break
+    covered += count
+    chars += 1
+  return chars + len(_SPECIAL_NAMES)
+
+
 def train_sentencepiece(
   texts: Iterable[str],
   vocab_size: int,
@@ -225,6 +249,21 @@ def train_sentencepiece(
   pass the documents in a random order for a representative sample.
   """
   model = io.BytesIO()
+  try:
+    _train(texts, model, vocab_size, max_sentences, model_type, character_coverage, num_threads)
+  except RuntimeError as e:
+    needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+    if needed is None:
+      raise
+    raise ConfigError(
+      f"config.data.vocab_size={vocab_size}: too small for this corpus, whose characters and "
+      f"{len(_SPECIAL_NAMES)} special tokens need {needed.group(1)} pieces. Fix: set "
+      f"--config.data.vocab_size to at least {needed.group(1)} (8000 is the default)."
+    ) from None
+  return Tokenizer(sentencepiece_model=model.getvalue(), source="trained SentencePiece")
+
+
+def _train(texts, model, vocab_size, max_sentences, model_type, character_coverage, num_threads):
   spm.SentencePieceTrainer.train(
     sentence_iterator=_training_sentences(texts, max_sentences, 4096),
     model_writer=model,
@@ -245,4 +284,3 @@ def train_sentencepiece(
     num_threads=num_threads or os.cpu_count() or 1,
     minloglevel=2,
   )
-  return Tokenizer(sentencepiece_model=model.getvalue(), source="trained SentencePiece")

@@ -97,13 +97,62 @@ def _flatten(d: Mapping, prefix: str = "") -> dict:
   return out
 
 
-def check_or_write_config(workdir: str, config) -> None:
-  """Writes the run's config once; a later start with an incompatible config is an error."""
+# Fields that decide the tokenizer a run trains or copies into {workdir}/tokenizer/.
+TOKENIZER_FIELDS = ("data", "init_from")
+
+
+def latest_step(workdir: str, kind: str = LATEST) -> int | None:
+  """The newest finalized checkpoint step in `workdir` (None if none), creating nothing."""
+  if not os.path.isdir(os.path.join(os.path.abspath(workdir), kind)):
+    return None
+  return make_manager(workdir, None, kind, create=False).latest_step()
+
+
+def read_saved_config(workdir: str) -> dict | None:
+  """The config.json a run in `workdir` was started with, or None if it has none.
+
+  config.json is written atomically, but a kill while an older version wrote it may have left it
+  torn (not valid JSON). Without a checkpoint nothing depends on it, so it counts as absent (the
+  start rewrites it); with one it is a ConfigError saying how to repair it.
+  """
   path = os.path.join(workdir, CONFIG_FILE)
-  current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
+  if not os.path.exists(path):
+    return None
+  try:
     with open(path) as f:
       saved = json.load(f)
+    if not isinstance(saved, dict):
+      raise ValueError("not a JSON object")
+    return saved
+  except (ValueError, UnicodeDecodeError) as e:
+    if latest_step(workdir) is None:
+      return None
+    raise ConfigError(
+      f"{path} is torn or not a config ({type(e).__name__}: {e}) and the workdir holds "
+      "checkpoints. Fix: restore config.json from a copy, or delete it and rerun the run's "
+      "original train.py command (the config it gives is saved again)."
+    ) from None
+
+
+def _write_json(path: str, value) -> None:
+  """Writes `value` atomically: a kill leaves the old file or the new one, never a torn one."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def check_or_write_config(workdir: str, config) -> None:
+  """Writes the run's config once; a later start with an incompatible config is an error.
+
+  Until the run's first checkpoint nothing depends on config.json, so a start with another config
+  rewrites it (a corrected command after a failed start), unless the workdir already holds a
+  tokenizer made for other data fields.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  current = json.loads(config.to_json_best_effort())
+  saved = read_saved_config(workdir)
+  if saved is not None:
     new = _flatten(current)
     old = {**{k: v for k, v in ADDED_FIELDS.items() if k in new}, **_flatten(saved)}
     allowed = lambda k: any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)
@@ -112,6 +161,10 @@ def check_or_write_config(workdir: str, config) -> None:
       for k in set(new) | set(old)
       if not allowed(k) and new.get(k, "<missing>") != old.get(k, "<missing>")
     )
+    tokenizer = os.path.join(workdir, "tokenizer")
+    if differ and latest_step(workdir) is None:  # nothing depends on config.json yet
+      made = os.path.isdir(tokenizer) and os.listdir(tokenizer)
+      differ = [k for k in differ if made and k.split(".")[0] in TOKENIZER_FIELDS]
     if differ:
       details = "; ".join(
         f"{k}: workdir has {old.get(k, '<missing>')!r}, asked {new.get(k, '<missing>')!r}"
@@ -123,18 +176,30 @@ def check_or_write_config(workdir: str, config) -> None:
       )
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(current, f, indent=2, sort_keys=True)
+    _write_json(path, current)
 
 
 def load_config(workdir: str):
-  """The config a run in `workdir` was started with."""
+  """The config a run in `workdir` was started with; a ConfigError naming the workdir if it
+  holds no run or its config.json is torn."""
   import ml_collections
 
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f"{workdir} holds no run ({CONFIG_FILE} is missing): pass the --workdir of a train.py run."
+  if not os.path.isdir(workdir):
+    raise ConfigError(
+      f"--workdir={workdir}: no such directory. Fix: pass the --workdir of a train.py run."
     )
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  if not os.path.exists(path):
+    raise ConfigError(
+      f"--workdir={workdir} holds no run ({CONFIG_FILE} is missing). Fix: pass the --workdir "
+      "of a train.py run."
+    )
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigError(
+      f"{path} is torn or not a config ({type(e).__name__}: {e}). Fix: restore it from a copy, "
+      "or delete it and rerun the run's original train.py command, which saves it again."
+    ) from None
+  return ml_collections.ConfigDict(saved)

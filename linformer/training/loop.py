@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from typing import Any
 
 import jax
@@ -21,16 +20,14 @@ import optax
 from flax import nnx, struct
 from tqdm import tqdm
 
-from linformer import measure
 from linformer.config import ConfigError
 from linformer.tasks import Task, get_task
 from linformer.training import checkpointing, metric_writer, partitioning, warm_start
 from linformer.training.metric_writer import MetricWriter
 from linformer.training.optimizer import make_optimizer
+from linformer.training.train_metrics import TrainingDiverged, TrainMeter, peak_flops
 
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or infinite."""
+__all__ = ["TrainingDiverged", "evaluate", "make_trainer", "restore_run", "train_and_evaluate"]
 
 
 @struct.dataclass
@@ -173,7 +170,12 @@ def make_trainer(
       "param_norm": optax.tree.norm(params),
     }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, metrics
+    # A step that is not finite leaves the state as it was: nothing diverged is ever kept, and
+    # the loop stops at the next fetch of the metrics, naming this step.
+    finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    finite &= jnp.isfinite(metrics["param_norm"])
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    return new_state, {**metrics, "finite": finite}
 
   def eval_step(state: TrainState, batch):
     return task.eval_outputs(nnx.merge(graphdef, state.params, state.rest), batch)
@@ -237,61 +239,6 @@ def evaluate(
   return trainer.task.eval_summary(outputs)
 
 
-class _TrainMetrics:
-  """Per-step device metrics, fetched to host only at log and checkpoint time (no per-step
-  sync), and checked for NaN before anything is saved. `flops_per_step / peak` turns steps/s
-  into model FLOPs utilisation (`mfu`)."""
-
-  def __init__(self, task: Task, flops_per_step: float = 0.0, peak: float = 0.0):
-    self.task, self.pending, self.tokens, self.start = task, [], 0, time.time()
-    self.flops_per_step, self.peak = flops_per_step, peak
-
-  def add(self, metrics, tokens):
-    self.pending.append(metrics)
-    self.tokens += tokens
-
-  def check(self, step: int, last_good: int | None) -> list[dict]:
-    """Fetches the pending metrics; raises if any step's loss is not finite."""
-    fetched = jax.device_get(self.pending)
-    first = step - len(fetched) + 1
-    for i, m in enumerate(fetched):
-      if not all(np.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
-        raise TrainingDiverged(
-          f"Training diverged at step {first + i}: loss {m['loss']}, gradient norm "
-          f"{m['grad_norm']}, parameter norm {m['param_norm']}. "
-          f"The last good checkpoint (step {last_good}) was kept. Lower config.optimizer.lr, "
-          "raise config.optimizer.warmup_steps, or use float32 (config.model.dtype)."
-        )
-    return fetched
-
-  def flush(self, step: int, last_good: int | None) -> dict[str, float]:
-    fetched = self.check(step, last_good)
-    summary = self.task.summarize(fetched)
-    elapsed = time.time() - self.start
-    summary.update(
-      grad_norm=float(np.mean([m["grad_norm"] for m in fetched])),
-      param_norm=float(fetched[-1]["param_norm"]),
-      lr=float(fetched[-1]["lr"]),
-      tokens_per_sec=self.tokens / max(elapsed, 1e-9),
-    )
-    if self.peak:
-      summary["mfu"] = len(fetched) * self.flops_per_step / max(elapsed, 1e-9) / self.peak
-    self.pending, self.tokens, self.start = [], 0, time.time()
-    return summary
-
-
-def _peak_flops(config, mesh) -> float:
-  """The mesh's peak FLOP/s for MFU: `config.peak_flops` (per device) if set, else the
-  datasheet peak of the devices at the compute dtype (linformer.measure), else a matmul rate
-  measured once; on a CPU that rate is the host's, however many devices it is split into."""
-  devices = list(mesh.devices.flat)
-  if config.get("peak_flops"):
-    return float(config.peak_flops) * len(devices)
-  rate, source = measure.peak_flops(config.model.dtype, devices)
-  per_host = source == "measured matmul rate" and devices[0].platform == "cpu"
-  return rate if per_host else rate * len(devices)
-
-
 def _warm_start(state, source, values, notes, workdir: str):
   """The fresh state with the source's weights; what was imported and what is new recorded."""
   state = warm_start.apply(state, values, strict=source.kind == warm_start.RUN)
@@ -317,11 +264,17 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
   config.num_train_steps, e.g. to fit a cluster's time limit; the next start continues.
   Returns the last train and eval metrics.
   """
+  from linformer import validation
+
+  # Everything is checked before anything is written (ConfigError: one line, field and fix).
+  run = validation.check_run(config, workdir, until_step)
   mesh = partitioning.make_mesh(config.mesh)
   check_batch_config(config, mesh)
   source = warm_start.open_source(config, workdir)
   if source is not None:
     config = source.apply_to(config)
+    validation.check_model(config)  # the widths the checkpoint fixes
+  validation.check_data(config, run, has_source=source is not None)
   task = get_task(config)
   os.makedirs(workdir, exist_ok=True)
   checkpointing.check_or_write_config(workdir, config)
@@ -370,10 +323,10 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
   start = int(state.step)
   end = total_steps if until_step is None else min(until_step, total_steps)
   writer = MetricWriter(workdir)
-  meter = _TrainMetrics(
+  meter = TrainMeter(
     task,
     config.batch_size * task.train_flops_per_sequence(trainer.model_cfg),
-    _peak_flops(config, mesh),
+    peak_flops(config, mesh),
   )
   last_good = latest
   result: dict[str, Any] = {}
@@ -429,21 +382,46 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
   return result
 
 
-def restore_run(workdir: str, step: int | None = None, config=None, best: bool = False):
+def restore_run(workdir: str, step: int | None = None, config=None, best: bool = False, mesh=None):
   """(config, trainer, state) of a run's checkpoint (the latest unless `step`, or the best by
-  the task's main metric), for evaluation and prediction. `config` defaults to the run's own."""
+  the task's main metric), for evaluation and prediction. `config` defaults to the run's own.
+
+  The state is restored onto `mesh` ({data, fsdp, tensor} sizes) if given, else the run's mesh
+  if this machine has its devices, else every device that divides the batch on the data axis:
+  a checkpoint written on 8 devices evaluates on 1 (orbax restores onto any sharding).
+  """
   config = checkpointing.load_config(workdir) if config is None else config
-  mesh = partitioning.make_mesh(config.mesh)
-  task = get_task(config)
-  manager = checkpointing.make_manager(
-    workdir, config, checkpointing.BEST if best else checkpointing.LATEST
-  )
-  steps = manager.all_steps()
+  kind = checkpointing.BEST if best else checkpointing.LATEST
+  steps = []
+  if os.path.isdir(os.path.join(os.path.abspath(workdir), kind)):
+    manager = checkpointing.make_manager(workdir, None, kind, create=False)  # reads, deletes none
+    steps = manager.all_steps()
+  if not steps and best:
+    raise ConfigError(
+      f"--best: {workdir} has no best checkpoint (fine-tuning runs keep one, by their main "
+      "metric). Fix: leave out --best to use the latest checkpoint."
+    )
   if not steps:
-    raise FileNotFoundError(f"{workdir} has no checkpoint yet: train it first (train.py).")
+    raise ConfigError(f"{workdir} has no checkpoint yet. Fix: train it first (train.py).")
   step = max(steps) if step is None else step
   if step not in steps:
-    raise ValueError(f"{workdir} has no checkpoint at step {step}; it has {sorted(steps)}.")
+    raise ConfigError(
+      f"--step={step}: {workdir} has no {'best ' if best else ''}checkpoint at step {step}; it "
+      f"has {sorted(steps)}."
+    )
+  if mesh is None:
+    mesh = partitioning.fitting_mesh(config.mesh, config.batch_size)
+  else:
+    try:
+      mesh = partitioning.make_mesh(mesh)
+    except ConfigError as e:
+      raise ConfigError(f"--mesh: {str(e).replace('config.mesh=', 'the mesh ')}") from None
+    if config.batch_size % partitioning.data_parallel_size(mesh):
+      raise ConfigError(
+        f"--mesh: data x fsdp = {partitioning.data_parallel_size(mesh)} devices do not divide "
+        f"the run's config.batch_size={config.batch_size}. Fix: use a divisor of it."
+      )
+  task = get_task(config)
   task.setup(workdir, per_host_batch_size=max(config.batch_size // jax.process_count(), 1))
   # The schedule's length changes no shape; -1 (epochs) would need the dataset's size.
   trainer = make_trainer(config, task, mesh, max(config.num_train_steps, 10**9))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Mapping
 
 import jax
@@ -14,6 +15,8 @@ import jax
 class MetricWriter:
   """Appends one JSON line per (step, kind) and mirrors scalars to TensorBoard.
 
+  metrics.jsonl is the record; TensorBoard's event files are rebuilt from it at every start, so
+  after a kill and a resume (`trim_logs` first) they too hold each step once, in order.
   Other processes get a writer that does nothing, so callers need no `if process_index == 0`.
   """
 
@@ -25,7 +28,17 @@ class MetricWriter:
       from tensorboardX import SummaryWriter  # imported lazily: it is slow to import.
 
       os.makedirs(workdir, exist_ok=True)
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      directory = os.path.join(workdir, "tensorboard")
+      shutil.rmtree(directory, ignore_errors=True)
+      self._tb = SummaryWriter(directory)
+      for record in read_metrics(workdir):
+        self._scalars(record["step"], record["kind"], record)
+      self._tb.flush()
+
+  def _scalars(self, step: int, kind: str, metrics: Mapping) -> None:
+    for name, value in metrics.items():
+      if name not in ("step", "kind"):
+        self._tb.add_scalar(f"{kind}/{name}", float(value), int(step))
 
   def write(self, step: int, kind: str, metrics: Mapping[str, float]) -> None:
     if not self.active:
@@ -35,8 +48,7 @@ class MetricWriter:
     }
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), "kind": kind, **clean}) + "\n")
-    for name, value in metrics.items():
-      self._tb.add_scalar(f"{kind}/{name}", float(value), int(step))
+    self._scalars(step, kind, metrics)
     self._tb.flush()
 
   def close(self) -> None:
@@ -45,12 +57,26 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
-  """The records of a run's metrics.jsonl, optionally of one kind (train, eval, ...)."""
+  """The records of a run's metrics.jsonl, optionally of one kind (train, eval, ...). A torn
+  last line (a kill mid-write) is dropped; any other unreadable line is skipped with a warning."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  from absl import logging
+
+  with open(path, errors="replace") as f:
+    lines = [line for line in f if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or "step" not in record or "kind" not in record:
+        raise ValueError("not a metrics record")
+    except ValueError:
+      if i < len(lines) - 1:  # the last line is torn by a kill mid-write: dropped silently
+        logging.warning("%s: line %d is not a metrics record; skipped.", path, i + 1)
+      continue
+    records.append(record)
   return [r for r in records if kind is None or r["kind"] == kind]
 
 
@@ -59,11 +85,14 @@ def trim_logs(workdir: str, step: int) -> None:
   from; -1 for a fresh start), so that a rerun after a crash logs each step once."""
   if jax.process_index() != 0:
     return
-  kept = [r for r in read_metrics(workdir) if r["step"] <= step]
   path = os.path.join(workdir, "metrics.jsonl")
   if os.path.exists(path):
-    with open(path, "w") as f:
+    kept = [r for r in read_metrics(workdir) if r["step"] <= step]
+    with open(path + ".tmp", "w") as f:  # replaced whole: a kill leaves the old or the new file
       f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(path + ".tmp", path)
+  if not os.path.exists(os.path.join(workdir, RESULTS_FILE)):
+    return
   results = read_results(workdir)
   results["evaluations"] = [r for r in results["evaluations"] if r["step"] <= step]
   if results.get("best") and results["best"]["step"] > step:

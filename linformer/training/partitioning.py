@@ -79,6 +79,29 @@ def make_mesh(mesh_config: Mapping[str, int], devices=None) -> Mesh:
   return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
+def fitting_mesh(mesh_config: Mapping[str, int], batch_size: int, devices=None) -> Mesh:
+  """`make_mesh(mesh_config)` if this machine has its devices and its data-parallel size divides
+  the batch; else the most devices that divide the batch, all on the data axis (e.g. evaluating
+  on 1 device a checkpoint written on a 2x2x2 mesh). One process only: several processes need
+  the run's mesh, or one given explicitly."""
+  devices = jax.devices() if devices is None else devices
+  try:
+    mesh = make_mesh(mesh_config, devices)
+    if batch_size % data_parallel_size(mesh) == 0:
+      return mesh
+  except ConfigError:
+    if jax.process_count() > 1:
+      raise
+  data = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
+  logging.warning(
+    "config.mesh=%s does not fit the %d devices here; using data=%d, fsdp=1, tensor=1.",
+    {k: v for k, v in mesh_config.items() if k != "rules"},
+    len(devices),
+    data,
+  )
+  return make_mesh({"data": data, "fsdp": 1, "tensor": 1}, devices)
+
+
 def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 

@@ -169,10 +169,9 @@ def _huggingface_source(path: str, hf: dict, config, workdir: str | None) -> Sou
       "the fast tokenizer beside the weights (AutoTokenizer.from_pretrained(...)"
       ".save_pretrained(dir))."
     )
-  if workdir and os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILE)):
-    run = checkpointing.load_config(workdir)
-    if run.get("init_from") == path:  # a resume: the run's own record of the widths
-      fixed = {k: run.model.get(k, v) for k, v in fixed.items()}
+  run = checkpointing.read_saved_config(workdir) if workdir else None
+  if run is not None and run.get("init_from") == path:  # a resume: the run's record of the widths
+    fixed = {k: run.get("model", {}).get(k, v) for k, v in fixed.items()}
   user = config.model
   if user.get("attention") == "linformer" and isinstance(user.get("k"), (list, tuple)):
     if len(user.k) != fixed["num_layers"]:

@@ -1,0 +1,420 @@
+"""One check of a run's whole config and its workdir, before anything is written.
+
+`train_and_evaluate` starts with `check_run` (the workdir, every config field, --until_step),
+then, once `config.init_from` is opened, `check_data` (the dataset is known, prepared and text;
+fine-tuning has a tokenizer). A bad value is a `ConfigError` whose one-line message names the
+field (as written on the command line, `config.optimizer.lr`) or the file, and the fix; nothing
+has been written by then, so the corrected command starts cleanly.
+
+Defaults worth knowing: `configs/pretrain.py` gives `optimizer.warmup_steps` as the size's warmup
+capped at 10% of `num_train_steps` (it follows `--config.num_train_steps`), so a short run needs
+no warmup override; a value set explicitly must fit in the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from linformer.config import ConfigError, ModelConfig
+
+TASKS = ("mlm", "finetune")
+SPECIAL_TOKENS = 5  # <pad> <s> </s> <unk> <mask>: every tokenizer of a run has them
+# A SentencePiece vocab_size below this is checked against the corpus's characters up front.
+CHECKED_VOCAB_SIZE = 2000
+_MISSING = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+  """What `check_workdir` found: `latest_step` is the newest checkpoint (None: a fresh run)."""
+
+  path: str
+  latest_step: int | None
+  has_tokenizer: bool
+
+
+def check_run(config, workdir: str, until_step: int | None = None) -> Workdir:
+  """The workdir, every config field and `until_step`, in that order; reads, writes nothing."""
+  state = check_workdir(workdir)
+  check_config(config)
+  check_until_step(until_step, state, config)
+  return state
+
+
+# The workdir.
+
+
+def check_workdir(workdir: str) -> Workdir:
+  """A workdir that can be created or resumed: not a file, writable, its config.json readable
+  (a torn one is fine while there is no checkpoint: it is rewritten)."""
+  from linformer.training import checkpointing
+
+  if not workdir:
+    raise ConfigError("--workdir is empty. Fix: give a directory, e.g. --workdir=runs/tiny.")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(
+      f"--workdir={workdir} is a file, not a directory. Fix: give a new or existing directory."
+    )
+  parent = os.path.abspath(workdir)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ConfigError(
+      f"--workdir={workdir} cannot be created: {parent} is a file. Fix: choose another path."
+    )
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ConfigError(
+      f"--workdir={workdir}: {parent} is not writable. Fix: choose a directory you can write to."
+    )
+  if not os.path.isdir(workdir):
+    return Workdir(workdir, None, False)
+  checkpointing.read_saved_config(workdir)  # a torn config.json with checkpoints: ConfigError
+  tokenizer = os.path.join(workdir, "tokenizer")
+  return Workdir(
+    workdir,
+    checkpointing.latest_step(workdir),
+    os.path.isdir(tokenizer) and bool(os.listdir(tokenizer)),
+  )
+
+
+def check_until_step(until_step: int | None, workdir: Workdir, config) -> None:
+  """`until_step` must lie beyond the run's newest checkpoint: otherwise nothing would run."""
+  if until_step is None:
+    return
+  if not _is_int(until_step) or until_step < 0:
+    raise ConfigError(f"--until_step={until_step!r}: must be a step >= 1.")
+  if workdir.latest_step is not None and until_step <= workdir.latest_step:
+    raise ConfigError(
+      f"--until_step={until_step}: the run in {workdir.path} is already at step "
+      f"{workdir.latest_step}, so nothing would run. Fix: give a later step (the schedule ends "
+      f"at config.num_train_steps={config.get('num_train_steps')}), or leave --until_step out."
+    )
+
+
+# The config.
+
+
+def check_config(config) -> None:
+  """Every field of a train.py config: task, model, batch and schedule, optimizer, freeze
+  phase, intervals, mesh and the data fields. Cheap: no dataset is opened (`check_data`)."""
+  task = config.get("task")
+  if task not in TASKS:
+    raise ConfigError(f"config.task={task!r}: unknown task. Known: 'mlm', 'finetune'.")
+  if not _is_int(config.get("seed", 0)):
+    _fail("seed", config.get("seed"), "must be an integer", "e.g. --config.seed=0")
+  check_model(config)
+  _check_steps(config)
+  _check_optimizer(config)
+  _check_mesh(config)
+  if task == "mlm":
+    _check_mlm_data(config)
+  else:
+    _check_finetune_data(config)
+
+
+def check_model(config) -> ModelConfig:
+  """config.model as the `ModelConfig` it builds (the vocabulary size comes later, from the
+  tokenizer, unless a warm start fixed it)."""
+  try:
+    cfg = ModelConfig.from_dict(config.model.to_dict())
+  except TypeError as e:
+    raise ConfigError(f"config.model: {e}.") from None
+  if cfg.max_len < 3:
+    _fail("model.max_len", cfg.max_len, "leaves no room for text beside <s> and </s>", "use >= 3")
+  if not _is_number(cfg.layer_norm_eps) or cfg.layer_norm_eps <= 0:
+    _fail("model.layer_norm_eps", cfg.layer_norm_eps, "must be > 0", "e.g. 1e-5")
+  return cfg
+
+
+def _check_steps(config) -> None:
+  batch = _integer(config, "batch_size", 1, "e.g. --config.batch_size=32")
+  accum = _integer(config, "grad_accum_steps", 1, "1 for no accumulation")
+  if batch % accum:
+    _fail(
+      "grad_accum_steps",
+      accum,
+      f"does not divide config.batch_size={batch} into equal micro-batches",
+      "use a divisor of the batch size",
+    )
+  steps = config.get("num_train_steps")
+  if steps == -1:
+    epochs = config.get("num_epochs")
+    if not _is_number(epochs) or epochs <= 0:
+      raise ConfigError(
+        f"config.num_train_steps=-1 trains for config.num_epochs, but num_epochs={epochs!r}. "
+        "Fix: set --config.num_epochs > 0 (fine-tuning), or --config.num_train_steps >= 1."
+      )
+  elif not _is_int(steps) or steps < 1:
+    _fail(
+      "num_train_steps",
+      steps,
+      "must be >= 1 (or -1: config.num_epochs over the train split, for fine-tuning)",
+      "e.g. --config.num_train_steps=1000",
+    )
+  for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+    _integer(config, field, 1, f"e.g. --config.{field}=100")
+  evals = config.get("num_eval_steps", -1)
+  if evals != -1:
+    _integer(config, "num_eval_steps", 1, "-1 for the whole split, or a number of batches >= 1")
+  _integer(config, "max_checkpoints_to_keep", 1, "e.g. 3")
+  freeze = config.get("freeze_pretrained_steps") or 0
+  if freeze:
+    _integer(config, "freeze_pretrained_steps", 0, "0 for no freeze phase")
+    if steps != -1 and freeze >= steps:
+      _fail(
+        "freeze_pretrained_steps",
+        freeze,
+        f"must be below config.num_train_steps={steps}, so that the imported weights train too",
+        f"use fewer freeze steps (e.g. {max(steps // 10, 1)})",
+      )
+  for field in ("freeze_lr", "peak_flops"):
+    value = config.get(field)
+    if value is not None and (not _is_number(value) or value <= 0):
+      _fail(field, value, "must be > 0", "or None for the default")
+
+
+def _check_optimizer(config) -> None:
+  from linformer.training.optimizer import SCHEDULES
+
+  opt = config.get("optimizer")
+  if opt is None:
+    raise ConfigError("config.optimizer is missing. Fix: start from a file in configs/.")
+  _positive(opt.get("lr"), "optimizer.lr", "e.g. 1e-3")
+  _at_least_zero(opt.get("end_lr", 0.0), "optimizer.end_lr", "0 decays to zero")
+  if opt.get("schedule") not in SCHEDULES:
+    _fail("optimizer.schedule", opt.get("schedule"), "unknown schedule", f"use one of {SCHEDULES}")
+  for field in ("b1", "b2"):
+    value = opt.get(field)
+    if not _is_number(value) or not 0 <= value < 1:
+      _fail(f"optimizer.{field}", value, "must be in [0, 1)", "RoBERTa uses b1=0.9, b2=0.98")
+  _positive(opt.get("eps"), "optimizer.eps", "e.g. 1e-6")
+  _at_least_zero(opt.get("weight_decay", 0.0), "optimizer.weight_decay", "e.g. 0.01, 0 for none")
+  if opt.get("grad_clip_norm") is not None:
+    _at_least_zero(opt.get("grad_clip_norm"), "optimizer.grad_clip_norm", "0 for no clipping")
+  fraction = opt.get("warmup_fraction") or 0.0
+  if not _is_number(fraction) or not 0 <= fraction < 1:
+    _fail("optimizer.warmup_fraction", fraction, "must be in [0, 1)", "e.g. 0.06")
+  warmup = opt.get("warmup_steps")
+  if not _is_int(warmup) or warmup < 0:
+    _fail("optimizer.warmup_steps", warmup, "must be an integer >= 0", "e.g. 10% of the steps")
+  steps = config.get("num_train_steps")
+  freeze = config.get("freeze_pretrained_steps") or 0
+  schedule_steps = steps - freeze  # the warmup starts when a freeze phase ends
+  if steps != -1 and not fraction and warmup > schedule_steps:
+    after_freeze = f" minus freeze_pretrained_steps={freeze}" if freeze else ""
+    _fail(
+      "optimizer.warmup_steps",
+      warmup,
+      f"longer than the run's {schedule_steps} steps (config.num_train_steps={steps}"
+      f"{after_freeze})",
+      f"set --config.optimizer.warmup_steps to at most {schedule_steps}, e.g. "
+      f"{min(schedule_steps, max(schedule_steps // 10, 1))} (10%)",
+    )
+
+
+def _check_mesh(config) -> None:
+  import jax
+
+  from linformer.training import partitioning
+
+  mesh_config = config.get("mesh")
+  if mesh_config is None:
+    raise ConfigError("config.mesh is missing. Fix: e.g. config.mesh = dict(data=-1).")
+  partitioning.check_rules(mesh_config.get("rules"))
+  mesh = partitioning.make_mesh(mesh_config)
+  dp, accum = partitioning.data_parallel_size(mesh), config.grad_accum_steps
+  if config.batch_size % (accum * dp):
+    raise ConfigError(
+      f"config.batch_size={config.batch_size} must be divisible by grad_accum_steps={accum} "
+      f"times the data-parallel size {dp} (mesh data x fsdp = "
+      f"{mesh.shape['data']} x {mesh.shape['fsdp']}). Fix: use a batch size that is a "
+      f"multiple of {accum * dp}."
+    )
+  if config.batch_size % jax.process_count():
+    raise ConfigError(
+      f"config.batch_size={config.batch_size} must be divisible by the number of processes "
+      f"{jax.process_count()}."
+    )
+
+
+def _check_mlm_data(config) -> None:
+  d = config.data
+  for field in ("dataset", "field", "train_split", "eval_split"):
+    value = d.get(field)
+    if not isinstance(value, str) or not value.strip():
+      _fail(f"data.{field}", value, "must be a non-empty string", "see linformer/data/pretrain.py")
+  vocab = d.get("vocab_size")
+  if not _is_int(vocab) or vocab <= SPECIAL_TOKENS:
+    _fail(
+      "data.vocab_size",
+      vocab,
+      f"too small for the {SPECIAL_TOKENS} special tokens (<pad> <s> </s> <unk> <mask>) and "
+      "the corpus's characters",
+      "use e.g. 8000 (the default)",
+    )
+  _integer(config, "data.tokenizer_max_sentences", 1, "e.g. 1000000")
+  if d.get("max_predictions") is not None:
+    _integer(config, "data.max_predictions", 1, "or None for ceil(mask_prob * max_len)")
+  mask_prob = d.get("mask_prob")
+  if not _is_number(mask_prob) or not 0 < mask_prob < 1:
+    _fail("data.mask_prob", mask_prob, "must be in (0, 1)", "RoBERTa masks 0.15")
+  _check_common_data(config)
+
+
+def _check_finetune_data(config) -> None:
+  from linformer.data import encoding
+  from linformer.data.datasets import spec_from_config
+
+  d = config.data
+  spec = spec_from_config(d)  # an unknown dataset: ConfigError listing the known ones
+  if d.get("truncation", "auto") != "auto" and d.get("truncation") not in encoding.TRUNCATIONS:
+    _fail(
+      "data.truncation",
+      d.get("truncation"),
+      "unknown truncation",
+      f"use one of {encoding.TRUNCATIONS} or 'auto' ({spec.default_truncation} for {spec.name})",
+    )
+  if d.get("pair_template", "auto") not in encoding.PAIR_TEMPLATES:
+    _fail(
+      "data.pair_template",
+      d.get("pair_template"),
+      "unknown template",
+      f"use one of {encoding.PAIR_TEMPLATES}",
+    )
+  _integer(config, "data.head_tokens", 0, "e.g. 128")
+  _check_common_data(config)
+
+
+def _check_common_data(config) -> None:
+  d = config.data
+  _integer(config, "data.num_workers", 0, "0 reads in this process")
+  for field in ("data_dir", "cache_dir"):
+    path = d.get(field)
+    if path and os.path.exists(path) and not os.path.isdir(path):
+      _fail(f"data.{field}", path, "is a file, not a directory", "give a directory")
+  if d.get("tokenizer"):
+    _load_tokenizer(d.tokenizer)
+
+
+def _load_tokenizer(path: str):
+  from linformer.data.tokenizer import Tokenizer
+
+  if not os.path.exists(path):
+    _fail(
+      "data.tokenizer",
+      path,
+      "no such file or directory",
+      "give a tokenizer.json, a SentencePiece .model or a run's tokenizer/ directory, or ''",
+    )
+  try:
+    return Tokenizer.load(path)
+  except (ValueError, OSError) as e:  # not a tokenizer, or one without the special tokens
+    raise ConfigError(f"config.data.tokenizer={path!r}: cannot be used ({e})") from None
+
+
+# The data.
+
+
+def check_data(config, workdir: Workdir, has_source: bool = False) -> None:
+  """The dataset is known and prepared (the project's builders are prepared here, into
+  config.data.data_dir), its splits and features exist, a pretraining corpus is text, and a
+  fine-tuning run has a tokenizer. `has_source`: config.init_from gives weights and tokenizer."""
+  d = config.data
+  if config.task == "mlm":
+    from linformer.data import sources
+
+    try:
+      files = sources.text_files_config_from(d)
+    except (ValueError, TypeError) as e:
+      raise ConfigError(str(e)) from None
+    what = f"config.data.dataset={d.dataset!r}"
+    common = dict(field=d.field, data_dir=d.get("data_dir"), config=files)
+    train = sources.load_text_source(d.dataset, d.train_split, **common)
+    sources.load_text_source(d.dataset, d.eval_split, **common)
+    sources.check_is_text(train, what)
+    trains_tokenizer = not (has_source or d.get("tokenizer") or workdir.has_tokenizer)
+    if trains_tokenizer and d.vocab_size < CHECKED_VOCAB_SIZE:
+      _check_vocab_size(d, train)
+    return
+  from linformer.data import classification
+  from linformer.data.datasets import spec_from_config
+
+  spec = spec_from_config(d)
+  if not (has_source or d.get("tokenizer") or spec.name == "listops" or workdir.has_tokenizer):
+    raise ConfigError(
+      "Fine-tuning needs a tokenizer: set config.init_from to a pretraining workdir (its "
+      "tokenizer and weights are used), or config.data.tokenizer to a tokenizer.json to "
+      "train from scratch."
+    )
+  classification.check_dataset(spec, d.get("data_dir"))
+
+
+def _check_vocab_size(d, train) -> None:
+  """A SentencePiece vocabulary too small for the corpus's characters fails only after minutes
+  of reading on a large corpus: counted here (on at most 200k sentences) before anything is
+  written. Only small vocabularies (< CHECKED_VOCAB_SIZE) can be too small in practice."""
+  from linformer.data.pretrain import tokenizer_training_texts
+  from linformer.data.tokenizer import required_pieces
+
+  needed = required_pieces(tokenizer_training_texts(train), min(d.tokenizer_max_sentences, 200_000))
+  if d.vocab_size < needed:
+    _fail(
+      "data.vocab_size",
+      d.vocab_size,
+      f"too small for this corpus, whose characters and {SPECIAL_TOKENS} special tokens need "
+      f"{needed} pieces",
+      f"set --config.data.vocab_size to at least {needed} (8000 is the default)",
+    )
+
+
+def eval_split_names(config) -> list[str]:
+  """The splits `eval.py --split` may name for a run of `config`."""
+  if config.get("task") == "mlm":
+    return ["validation", "train"]
+  from linformer.data.datasets import spec_from_config
+
+  return spec_from_config(config.data).eval_split_names
+
+
+# Helpers.
+
+
+def _fail(field: str, value, problem: str, fix: str):
+  raise ConfigError(f"config.{field}={value!r}: {problem}. Fix: {fix}.")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _get(config, field: str):
+  value = config
+  for part in field.split("."):
+    value = value.get(part, _MISSING) if hasattr(value, "get") else _MISSING
+  return value
+
+
+def _integer(config, field: str, minimum: int, fix: str):
+  """config.<field> as an int >= minimum; a field the config does not have is not checked."""
+  value = _get(config, field)
+  if value is _MISSING:
+    return None
+  if not _is_int(value) or value < minimum:
+    _fail(field, value, f"must be an integer >= {minimum}", fix)
+  return value
+
+
+def _positive(value, field: str, fix: str) -> None:
+  if not _is_number(value) or value <= 0:
+    _fail(field, value, "must be > 0", fix)
+
+
+def _at_least_zero(value, field: str, fix: str) -> None:
+  if not _is_number(value) or value < 0:
+    _fail(field, value, "must be >= 0", fix)

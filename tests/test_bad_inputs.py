@@ -1,0 +1,457 @@
+"""Bad inputs, tried as a new user would: each one exits with status 2, prints one line on
+stderr naming the field or file (and the fix), and writes nothing.
+
+Most cases run in-process through the command-line entry functions (`train.run`, `eval.run`,
+`linformer.convert.export.run`: argv in, exit status out); a few run as real processes to prove
+the exit status and the single line end to end.
+"""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from linformer.convert import export
+from tests.helpers import finetune_config, small_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "tests", "cli_config.py")
+train = importlib.import_module("train")
+eval_cli = importlib.import_module("eval")
+
+
+def listing(path):
+  """Every file under `path` with its size (None if `path` does not exist)."""
+  if not os.path.exists(path):
+    return None
+  if os.path.isfile(path):
+    return os.path.getsize(path)
+  return sorted(
+    (os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f)))
+    for d, _, files in os.walk(path)
+    for f in files
+  ) + sorted(os.path.relpath(d, path) for d, _, _ in os.walk(path))
+
+
+def assert_refused(code, err, *names):
+  """Exit status 2 and exactly one line on stderr that contains every one of `names`."""
+  lines = err.strip().splitlines()
+  assert code == 2, err
+  assert len(lines) == 1, err
+  for name in names:
+    assert name in lines[0], lines[0]
+
+
+def run_train(capsys, workdir, *argv, kind="pretrain", data_dir):
+  code = train.run(
+    ["train.py", f"--config={CONFIG}:{kind},{data_dir}", f"--workdir={workdir}", *argv]
+  )
+  return code, capsys.readouterr().err
+
+
+def assert_nothing_written(workdir):
+  assert not os.path.exists(workdir) or not os.listdir(workdir), os.listdir(workdir)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json(tmp_path_factory):
+  """A word-level tokenizer.json with the five special tokens."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+  tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  specials = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+  tok.train_from_iterator(
+    ["a small corpus of words"], trainers.WordLevelTrainer(special_tokens=specials)
+  )
+  path = str(tmp_path_factory.mktemp("tok") / "tokenizer.json")
+  tok.save(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def pydocs(data_dir):
+  """The built-in corpus, prepared before the tests that read it (its progress bars would be
+  on stderr beside the one line)."""
+  import tensorflow_datasets as tfds
+
+  from linformer.data import pydocs  # noqa: F401  (registers the builder)
+
+  tfds.builder("pydocs", data_dir=data_dir).download_and_prepare(file_format="array_record")
+  return data_dir
+
+
+@pytest.fixture(scope="module")
+def binary_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("bin") / "random.txt"
+  path.write_bytes(os.urandom(20_000))
+  return str(path)
+
+
+# train.py: every config field.
+
+CONFIG_CASES = [
+  (["--config.optimizer.lr=-1"], "config.optimizer.lr=-1.0"),
+  (["--config.optimizer.lr=0"], "config.optimizer.lr=0.0"),
+  (["--config.optimizer.end_lr=-0.1"], "config.optimizer.end_lr"),
+  (["--config.optimizer.b1=1.0"], "config.optimizer.b1"),
+  (["--config.optimizer.b2=-0.5"], "config.optimizer.b2"),
+  (["--config.optimizer.eps=0"], "config.optimizer.eps"),
+  (["--config.optimizer.weight_decay=-1"], "config.optimizer.weight_decay"),
+  (["--config.optimizer.grad_clip_norm=-1"], "config.optimizer.grad_clip_norm"),
+  (["--config.optimizer.schedule=cyclic"], "config.optimizer.schedule='cyclic'"),
+  (["--config.optimizer.warmup_steps=100"], "config.optimizer.warmup_steps=100"),
+  (["--config.optimizer.warmup_steps=-1"], "config.optimizer.warmup_steps=-1"),
+  (["--config.batch_size=0"], "config.batch_size=0"),
+  (["--config.grad_accum_steps=0"], "config.grad_accum_steps=0"),
+  (["--config.grad_accum_steps=5"], "config.grad_accum_steps=5"),
+  (["--config.num_train_steps=0"], "config.num_train_steps=0"),
+  (["--config.num_train_steps=-5"], "config.num_train_steps=-5"),
+  (["--config.num_train_steps=-1"], "config.num_epochs"),
+  (["--config.log_every_steps=0"], "config.log_every_steps=0"),
+  (["--config.eval_every_steps=0"], "config.eval_every_steps=0"),
+  (["--config.checkpoint_every_steps=-3"], "config.checkpoint_every_steps=-3"),
+  (["--config.num_eval_steps=0"], "config.num_eval_steps=0"),
+  (["--config.max_checkpoints_to_keep=0"], "config.max_checkpoints_to_keep=0"),
+  (["--config.freeze_pretrained_steps=2"], "config.freeze_pretrained_steps"),
+  (["--config.freeze_lr=-1.0"], "config.freeze_lr"),
+  (["--config.peak_flops=-1.0"], "config.peak_flops"),
+  (["--config.task=mt"], "config.task='mt'"),
+  (["--config.init_from=/nonexistent/run"], "config.init_from='/nonexistent/run'"),
+  (["--config.model.num_heads=5"], "config.model.hidden_size"),
+  (["--config.model.k=100"], "config.model.k=100"),
+  (["--config.model.attention=fast"], "config.model.attention='fast'"),
+  (["--config.model.dropout_rate=1.0"], "config.model.dropout_rate"),
+  (["--config.model.dtype=float8"], "config.model.dtype"),
+  (["--config.model.foo=1"], "config.model has no field 'foo'"),
+  (["--config.nope=1"], "config has no field 'nope'"),
+  (["--config.batch_size=1.5"], "--config.batch_size=1.5"),
+  (["--config.mesh.data=16"], "config.mesh="),
+  (["--config.mesh.rules.embed=bogus"], "config.mesh.rules.embed='bogus'"),
+  (["--config.data.mask_prob=0"], "config.data.mask_prob"),
+  (["--config.data.mask_prob=1"], "config.data.mask_prob"),
+  (["--config.data.vocab_size=5"], "config.data.vocab_size=5"),
+  (["--config.data.num_workers=-1"], "config.data.num_workers=-1"),
+  (["--config.data.max_predictions=0"], "config.data.max_predictions=0"),
+  (["--config.data.tokenizer=/nonexistent/tokenizer.json"], "config.data.tokenizer"),
+  (["--config.data.dataset=nope"], "config.data.dataset='nope'"),
+  (["--config.data.dataset=lm1b"], "tfds build lm1b"),
+  (["--config.data.dataset=text_files"], "text_files_train_patterns"),
+  (
+    ["--config.data.dataset=text_files", "--config.data.text_files_train_patterns=/no/*.txt"],
+    "text_files_train_patterns",
+  ),
+  (["--until_step=0"], "--until_step=0"),
+  (["--until_step=x"], "--until_step=x"),
+  (["--bogus"], "--bogus"),
+]
+
+
+@pytest.mark.parametrize("argv,name", CONFIG_CASES, ids=[" ".join(c[0]) for c in CONFIG_CASES])
+def test_bad_config_value(argv, name, data_dir, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  code, err = run_train(capsys, workdir, *argv, data_dir=data_dir)
+  assert_refused(code, err, name, "train.py: error:")
+  assert_nothing_written(workdir)
+
+
+def test_warmup_follows_a_short_run(data_dir):
+  """size=tiny has 60 warmup steps; 20 steps take 10% of them unless warmup is set."""
+  from configs import pretrain
+
+  config = pretrain.get_config("size=tiny")
+  config.lock()
+  config.num_train_steps = 20
+  assert config.optimizer.warmup_steps == 2
+  config.optimizer.warmup_steps = 5
+  assert config.optimizer.warmup_steps == 5
+
+
+# train.py: data.
+
+
+def test_corpus_that_is_not_text(binary_file, data_dir, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  argv = [
+    "--config.data.dataset=text_files",
+    f"--config.data.text_files_train_patterns={binary_file}",
+  ]
+  code, err = run_train(capsys, workdir, *argv, data_dir=data_dir)
+  assert_refused(code, err, "not text", binary_file)
+  assert_nothing_written(workdir)
+
+
+def test_vocabulary_too_small_for_the_corpus(pydocs, data_dir, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  code, err = run_train(capsys, workdir, "--config.data.vocab_size=50", data_dir=data_dir)
+  assert_refused(code, err, "config.data.vocab_size=50", "at least")
+  assert_nothing_written(workdir)
+
+
+@pytest.mark.parametrize(
+  "argv,name",
+  [
+    (["--config.data.field=body"], "config.data.field='body'"),
+    (["--config.data.train_split=test"], "'test'"),
+  ],
+)
+def test_field_or_split_the_corpus_lacks(argv, name, pydocs, data_dir, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  code, err = run_train(capsys, workdir, *argv, data_dir=data_dir)
+  assert_refused(code, err, name)
+  assert_nothing_written(workdir)
+
+
+def test_finetuning_data_that_is_not_prepared_fails_fast(
+  tokenizer_json, data_dir, tmp_path, capsys
+):
+  workdir = str(tmp_path / "run")
+  start = time.time()
+  code, err = run_train(
+    capsys, workdir, f"--config.data.tokenizer={tokenizer_json}", kind="sst2", data_dir=data_dir
+  )
+  assert time.time() - start < 20
+  assert_refused(code, err, "glue/sst2", "tfds build glue/sst2", "config.data.data_dir")
+  assert_nothing_written(workdir)
+
+
+@pytest.mark.parametrize(
+  "kind,argv,name",
+  [
+    ("sst2", [], "needs a tokenizer"),
+    ("sst2", ["--config.data.dataset=nope"], "config.data.dataset='nope'"),
+    ("sst2", ["--config.num_epochs=0", "--config.num_train_steps=-1"], "config.num_epochs"),
+    ("sst2", ["--config.data.truncation=middle"], "config.data.truncation='middle'"),
+    ("sst2", ["--config.data.pair_template=gpt"], "config.data.pair_template='gpt'"),
+    ("listops", ["--config.data.listops_config=bogus"], "config.data.listops_config='bogus'"),
+  ],
+)
+def test_bad_finetuning_config(kind, argv, name, data_dir, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  code, err = run_train(capsys, workdir, *argv, kind=kind, data_dir=data_dir)
+  assert_refused(code, err, name)
+  assert_nothing_written(workdir)
+
+
+# train.py: workdir states and flags.
+
+
+def test_workdir_that_is_a_file(data_dir, tmp_path, capsys):
+  path = tmp_path / "run"
+  path.write_text("notes")
+  code, err = run_train(capsys, str(path), data_dir=data_dir)
+  assert_refused(code, err, f"--workdir={path} is a file")
+  assert path.read_text() == "notes"
+
+
+def test_workdir_under_a_file(data_dir, tmp_path, capsys):
+  (tmp_path / "file").write_text("notes")
+  workdir = str(tmp_path / "file" / "run")
+  code, err = run_train(capsys, workdir, data_dir=data_dir)
+  assert_refused(code, err, "is a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes everywhere")
+def test_workdir_that_is_not_writable(data_dir, tmp_path, capsys):
+  parent = tmp_path / "ro"
+  parent.mkdir(mode=0o555)
+  code, err = run_train(capsys, str(parent / "run"), data_dir=data_dir)
+  assert_refused(code, err, "not writable")
+  assert_nothing_written(str(parent / "run"))
+
+
+def fake_run(workdir, config, steps=(4,)):
+  """A workdir holding `config` as config.json and (empty) checkpoint directories."""
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort())
+  for step in steps:
+    os.makedirs(os.path.join(workdir, "checkpoints", str(step)))
+  return workdir
+
+
+def test_torn_config_json_with_checkpoints(data_dir, tmp_path, capsys):
+  workdir = fake_run(str(tmp_path / "run"), small_config(data_dir))
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write('{"task": "ml')
+  before = listing(workdir)
+  code, err = run_train(capsys, workdir, data_dir=data_dir)
+  assert_refused(code, err, "config.json is torn", "Fix:")
+  assert listing(workdir) == before
+
+
+def test_torn_config_json_without_checkpoint_does_not_block(data_dir, tmp_path, capsys):
+  """A torn config.json of a run that never checkpointed is rewritten by the next start: here
+  the next start's own mistake is what it reports."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"task": "ml')
+  code, err = run_train(capsys, str(workdir), "--config.optimizer.lr=-1", data_dir=data_dir)
+  assert_refused(code, err, "config.optimizer.lr")
+  assert (workdir / "config.json").read_text() == '{"task": "ml'
+
+
+def test_until_step_at_the_current_step(data_dir, tmp_path, capsys):
+  workdir = fake_run(str(tmp_path / "run"), small_config(data_dir))
+  before = listing(workdir)
+  code, err = run_train(capsys, workdir, "--until_step=4", data_dir=data_dir)
+  assert_refused(code, err, "--until_step=4", "already at step 4")
+  assert listing(workdir) == before
+
+
+@pytest.mark.parametrize(
+  "argv,name",
+  [
+    (["train.py", f"--config={CONFIG}:pretrain,x"], "--workdir is required"),
+    (["train.py", "--config=configs/nope.py", "--workdir=w"], "no such config file"),
+    (["train.py", "--config=configs/pretrain.py:size=huge", "--workdir=w"], "size='huge'"),
+    (["train.py", f"--config={CONFIG}:pretrain,x", "--workdir=w", "extra"], "'extra'"),
+  ],
+)
+def test_bad_command_line(argv, name, tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  argv = [a.replace("configs/", os.path.join(ROOT, "configs") + "/") for a in argv]
+  assert_refused(train.run(argv), capsys.readouterr().err, name)
+  assert os.listdir(tmp_path) == []
+
+
+# eval.py.
+
+
+@pytest.fixture(scope="module")
+def fake_runs(data_dir, tmp_path_factory):
+  """config.json and a checkpoint directory at step 4 of an MLM run and of SST-2 and MNLI
+  fine-tuning runs: what eval.py checks before restoring anything."""
+  root = tmp_path_factory.mktemp("runs")
+  return {
+    "mlm": fake_run(str(root / "mlm"), small_config(data_dir)),
+    "sst2": fake_run(str(root / "sst2"), finetune_config("sst2", data_dir)),
+    "mnli": fake_run(str(root / "mnli"), finetune_config("mnli", data_dir)),
+  }
+
+
+EVAL_CASES = [
+  ("mlm", ["--split=test"], "--split=test"),
+  ("sst2", ["--split=matched"], "its splits are validation"),
+  ("mlm", ["--step=7"], "--step=7"),
+  ("mlm", ["--step=-1"], "--step=-1"),
+  ("mlm", ["--best"], "--best"),
+  ("mlm", ["--text=a film"], "--text"),
+  ("sst2", ["--fill_mask=a <mask> film"], "--fill_mask"),
+  ("sst2", ["--text_pair=a film"], "--text_pair needs --text"),
+  ("sst2", ["--text=a", "--fill_mask=b"], "--fill_mask and --text"),
+  ("sst2", ["--text=a", "--split=validation"], "--split"),
+  ("mnli", ["--text=A man sleeps."], "--text_pair"),
+  ("sst2", ["--text=a", "--text_pair=b"], "--text_pair"),
+  ("mlm", ["--num_eval_steps=0"], "--num_eval_steps=0"),
+  ("mlm", ["--mesh=data=2,foo=1"], "--mesh=data=2,foo=1"),
+  ("mlm", ["--mesh=data=3"], "--mesh"),
+  ("mlm", ["--bogus"], "--bogus"),
+]
+
+
+@pytest.mark.parametrize("run,argv,name", EVAL_CASES, ids=[" ".join(c[1]) for c in EVAL_CASES])
+def test_bad_eval_flags(run, argv, name, fake_runs, capsys):
+  workdir = fake_runs[run]
+  before = listing(workdir)
+  code = eval_cli.run(["eval.py", f"--workdir={workdir}", *argv])
+  assert_refused(code, capsys.readouterr().err, name, "eval.py: error:")
+  assert listing(workdir) == before
+
+
+def test_eval_of_a_workdir_without_a_run(tmp_path, capsys):
+  for workdir, name in [(tmp_path / "none", "no such directory"), (tmp_path, "holds no run")]:
+    code = eval_cli.run(["eval.py", f"--workdir={workdir}"])
+    assert_refused(code, capsys.readouterr().err, name, str(workdir))
+  assert os.listdir(tmp_path) == []
+  assert_refused(eval_cli.run(["eval.py"]), capsys.readouterr().err, "--workdir is required")
+
+
+def test_eval_of_a_torn_config_json(data_dir, tmp_path, capsys):
+  workdir = fake_run(str(tmp_path / "run"), small_config(data_dir))
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write('{"task"')
+  code = eval_cli.run(["eval.py", f"--workdir={workdir}"])
+  assert_refused(code, capsys.readouterr().err, "config.json is torn")
+
+
+# python -m linformer.convert.export.
+
+
+@pytest.mark.parametrize(
+  "argv,name",
+  [
+    (["--workdir={empty}", "--out={new}"], "holds no run"),
+    (["--workdir={mlm}", "--out={file}"], "--out="),
+    (["--workdir={mlm}", "--out={new}", "--step=7"], "--step=7"),
+    (["--workdir={mlm}", "--out={new}", "--model_type=gpt"], "--model_type=gpt"),
+    (["--workdir={mlm}"], "--out is required"),
+  ],
+)
+def test_bad_export_flags(argv, name, fake_runs, tmp_path, capsys):
+  (tmp_path / "file").write_text("x")
+  (tmp_path / "empty").mkdir()
+  paths = dict(empty=tmp_path / "empty", new=tmp_path / "new", file=tmp_path / "file")
+  argv = [a.format(mlm=fake_runs["mlm"], **paths) for a in argv]
+  code = export.run(["export", *argv])
+  assert_refused(code, capsys.readouterr().err, name, "linformer.convert.export: error:")
+  assert not os.path.exists(tmp_path / "new")
+
+
+# The same, end to end: real processes, their exit status and stderr.
+
+
+def run_process(argv, env=None):
+  return subprocess.run(
+    [sys.executable, *argv],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, **(env or {})},
+  )
+
+
+def test_processes_exit_2_with_one_line(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = f"--config=tests/cli_config.py:pretrain,{data_dir}"
+  cases = [
+    (["train.py", config, f"--workdir={workdir}", "--config.optimizer.lr=-1"], "optimizer.lr"),
+    (["train.py", config, f"--workdir={workdir}", "--config.model.foo=1"], "'foo'"),
+    (["eval.py", f"--workdir={tmp_path}"], "holds no run"),
+    (["-m", "linformer.convert.export", f"--workdir={tmp_path}", f"--out={workdir}"], "no run"),
+  ]
+  for argv, name in cases:
+    out = run_process(argv)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]
+    assert name in out.stderr
+    assert not os.path.exists(workdir)
+
+
+def test_traceback_on_request(data_dir, tmp_path):
+  argv = [
+    "train.py",
+    f"--config=tests/cli_config.py:pretrain,{data_dir}",
+    f"--workdir={tmp_path / 'run'}",
+    "--config.optimizer.lr=-1",
+  ]
+  for extra, env in [(["--traceback"], None), ([], {"LINFORMER_TRACEBACK": "1"})]:
+    out = run_process(argv + extra, env)
+    assert out.returncode == 2
+    assert "Traceback (most recent call last)" in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("train.py: error: config.optimizer.lr")
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_metrics_with_a_torn_last_line_are_read(tmp_path):
+  from linformer.training.metric_writer import read_metrics
+
+  records = [{"step": 1, "kind": "train", "loss": 2.0}, {"step": 2, "kind": "train", "loss": 1.5}]
+  text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 3, "kind": "tr'
+  (tmp_path / "metrics.jsonl").write_text(text)
+  assert read_metrics(str(tmp_path)) == records
