@@ -211,3 +211,25 @@ def test_init_from_a_directory_without_weights_is_an_error(hf_dir, data_dir, tmp
   with pytest.raises(ConfigError, match="config.init_from=.*no model.safetensors"):
     train_and_evaluate(uptrain_config(str(bare), data_dir), str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_pool_init_with_k_equal_n_is_the_imported_full_attention_model(hf_dir):
+  """E/F as mean pooling over windows of n/k = 1 position are the identity: on full-length
+  sequences (packed MLM blocks) the converted Linformer computes exactly what the checkpoint
+  computes. (For k < n it attends to window means; a shorter sequence leaves k - length rows
+  that hold no token, which full attention does not have.)"""
+  import dataclasses
+
+  from linformer.convert import hf_config
+  from linformer.convert.hf_import import load_masked_lm
+
+  base = hf_config.model_config_from_hf(hf_config.read_hf_config(hf_dir))
+  base = dataclasses.replace(base, dropout_rate=0.0, attention_dropout_rate=0.0)
+  ids = np.random.default_rng(0).integers(5, base.vocab_size, (2, base.max_len))
+  mask = np.ones(ids.shape, bool)
+  full = load_masked_lm(hf_dir, base)[0].encoder(ids, mask)
+  linformer = dataclasses.replace(
+    base, attention="linformer", k=base.max_len, projection_init="pool"
+  )
+  out = load_masked_lm(hf_dir, linformer)[0].encoder(ids, mask)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(full))
