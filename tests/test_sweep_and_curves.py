@@ -118,3 +118,25 @@ def test_table2_takes_the_best_of_the_grid(tmp_path):
   assert (
     "| 512 | k=128, shared kv, layer | 90.0 / 93.2 | 70.0 / 93.8 | - / 90.1 | - / 90.2 |" in text
   )
+
+
+def test_recovery_table_reads_step_zero_the_freeze_and_the_end(tmp_path):
+  run = tmp_path / "up"
+  os.makedirs(run)
+  model = {
+    "attention": "linformer",
+    "max_len": 256,
+    "k": 64,
+    "sharing": "none",
+    "projection_init": "pool",
+  }
+  with open(run / "config.json", "w") as f:
+    json.dump({"model": model, "freeze_pretrained_steps": 30}, f)
+  with open(run / "metrics.jsonl", "w") as f:
+    for step, ppl in ((0, 5e4), (30, 800.0), (150, 480.0), (300, 380.0)):
+      f.write(json.dumps({"step": step, "kind": "eval", "perplexity": ppl, "accuracy": 0.1}) + "\n")
+  (run / "results.json").write_text("{}")
+  table = curves.recovery_table([str(run)], at=150)
+  assert (
+    "| Linformer n=256, k=64, E/F init pool | 50000.0 | 800.0 (30) | 480.0 | 380.0 (300) |" in table
+  )

@@ -80,13 +80,16 @@ def table(data: dict, metric: str) -> str:
   return "\n".join(rows)
 
 
-def recovery_table(workdirs: list[str]) -> str:
+def recovery_table(workdirs: list[str], at: int | None = None) -> str:
   """Uptraining runs: validation perplexity at step 0 (the converted model), at the end of the
-  freeze phase and at the end; final MLM accuracy; wall time from config.json (written at the
-  start) to results.json (rewritten at each evaluation)."""
+  freeze phase, at step `at` (to compare runs stopped early) and at the end; MLM accuracy at the
+  end; wall time from config.json (written at the start) to results.json (rewritten at each
+  evaluation)."""
+  middle = f" ppl at {at} |" if at else ""
   rows = [
-    "| run | ppl step 0 | ppl after freeze (step) | final ppl (step) | final MLM acc | wall time |",
-    "|---|---|---|---|---|---|",
+    f"| run | ppl step 0 | ppl after freeze (step) |{middle} last ppl (step) | last MLM acc "
+    "| wall time |",
+    "|---|---|---|" + ("---|" if at else "") + "---|---|---|",
   ]
   for workdir in sorted(workdirs):
     records = {r["step"]: r for r in read_metrics(workdir, "eval")}
@@ -95,15 +98,16 @@ def recovery_table(workdirs: list[str]) -> str:
     with open(os.path.join(workdir, "config.json")) as f:
       freeze = json.load(f).get("freeze_pretrained_steps", 0)
     last = records[max(records)]
-    after = records.get(freeze)
     minutes = (
       os.path.getmtime(os.path.join(workdir, "results.json"))
       - os.path.getmtime(os.path.join(workdir, "config.json"))
     ) / 60
     cell = lambda r: f"{r['perplexity']:.1f}" if r else "—"
+    extra = f" {cell(records.get(at))} |" if at else ""
     rows.append(
-      f"| {label_of(workdir)} | {cell(records.get(0))} | {cell(after)} ({freeze}) | "
-      f"{last['perplexity']:.1f} ({max(records)}) | {last['accuracy']:.3f} | {minutes:.1f} min |"
+      f"| {label_of(workdir)} | {cell(records.get(0))} | {cell(records.get(freeze))} ({freeze}) |"
+      f"{extra} {last['perplexity']:.1f} ({max(records)}) | {last['accuracy']:.3f} | "
+      f"{minutes:.1f} min |"
     )
   return "\n".join(rows)
 
@@ -117,7 +121,7 @@ def main(argv):
   if FLAGS.out:
     plot(data, FLAGS.out, FLAGS.metric, FLAGS.title)
     print(f"wrote {FLAGS.out}")
-  print(recovery_table(workdirs) if FLAGS.recovery else table(data, FLAGS.metric))
+  print(recovery_table(workdirs, FLAGS.at) if FLAGS.recovery else table(data, FLAGS.metric))
 
 
 if __name__ == "__main__":
@@ -126,5 +130,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("metric", "perplexity", "Eval metric to plot.")
   flags.DEFINE_string("title", "", "Plot title.")
   flags.DEFINE_bool("recovery", False, "Print the uptraining recovery table instead.")
+  flags.DEFINE_integer("at", None, "With --recovery: also the perplexity at this step.")
   flags.mark_flags_as_required(["runs"])
   app.run(main)
