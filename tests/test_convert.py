@@ -8,8 +8,6 @@ with `transformers` skip without torch/transformers.
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -31,7 +29,6 @@ from linformer.convert.hf_import import (
   load_pretrained,
   read_safetensors,
 )
-from linformer.data.tokenizer import Tokenizer
 from linformer.model import MaskedLM
 
 # transformers is imported inside the tests, after this: everything is local, never the hub.
@@ -359,43 +356,3 @@ def test_full_attention_export_loads_in_transformers(model_type, tmp_path):
   got = np.asarray(model(ids, mask, positions, types if model_type == "bert" else None))
   diff = np.abs(got - want).max()
   assert diff < 1e-4, diff
-
-
-@pytest.mark.slow
-def test_export_cli_from_a_training_run(data_dir, tmp_path):
-  """Two real training steps (SentencePiece tokenizer), then the CLI, then the import."""
-  from linformer.training.loop import train_and_evaluate
-  from tests.helpers import small_config
-
-  workdir, out = str(tmp_path / "run"), str(tmp_path / "exported")
-  result = train_and_evaluate(
-    small_config(
-      data_dir,
-      num_train_steps=2,
-      checkpoint_every_steps=2,
-      **{"model.sharing": "layerwise", "model.projection": "random", "optimizer.warmup_steps": 1},
-    ),
-    workdir,
-  )
-  subprocess.run(
-    [sys.executable, "-m", "linformer.convert.export", f"--workdir={workdir}", f"--out={out}"],
-    cwd=ROOT,
-    check=True,
-    capture_output=True,
-  )
-  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "sentencepiece.model"]
-  hf = read_hf_config(out)
-  assert hf["model_type"] == "roberta" and hf["linformer"]["tokenizer"] == "sentencepiece.model"
-  assert hf["linformer"]["source"]["step"] == 2
-  assert any("SentencePiece" in n for n in hf["linformer"]["transformers_load"])
-  assert hf["max_position_embeddings"] == 64 + hf["pad_token_id"] + 1
-
-  state = result["state"]
-  trained = {**names.flatten(state.params), **names.flatten(state.rest)}
-  assert ("encoder", "layers", 0, "attention", "proj_k", "matrix") in trained  # fixed, in rest
-  back, report = import_params(out, model_config_from_hf(hf))
-  assert report.new == () and set(back) == set(trained)
-  for path, value in trained.items():
-    np.testing.assert_array_equal(back[path], value, err_msg=str(path))
-  run_tok = Tokenizer.load(os.path.join(workdir, "tokenizer"))
-  assert Tokenizer.load(out).fingerprint_bytes == run_tok.fingerprint_bytes
