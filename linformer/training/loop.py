@@ -39,23 +39,6 @@ class TrainState:
   rng: jax.Array  # raw uint32 key: dropout keys are fold_in(rng, step)
 
 
-def check_batch_config(config, mesh) -> None:
-  dp = partitioning.data_parallel_size(mesh)
-  accum = config.grad_accum_steps
-  if config.batch_size % (accum * dp):
-    raise ConfigError(
-      f"config.batch_size={config.batch_size} must be divisible by grad_accum_steps={accum} "
-      f"times the data-parallel size {dp} (mesh data x fsdp = "
-      f"{mesh.shape['data']} x {mesh.shape['fsdp']}). Fix: use a batch size that is a "
-      f"multiple of {accum * dp}."
-    )
-  if config.batch_size % jax.process_count():
-    raise ConfigError(
-      f"config.batch_size={config.batch_size} must be divisible by the number "
-      f"of processes {jax.process_count()}."
-    )
-
-
 @dataclasses.dataclass
 class Trainer:
   """The compiled functions and shardings of one run."""
@@ -269,7 +252,6 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
   # Everything is checked before anything is written (ConfigError: one line, field and fix).
   run = validation.check_run(config, workdir, until_step)
   mesh = partitioning.make_mesh(config.mesh)
-  check_batch_config(config, mesh)
   source = warm_start.open_source(config, workdir)
   if source is not None:
     config = source.apply_to(config)
