@@ -96,6 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     attention=args.get("attention", "linformer"), k=k, sharing=args.get("sharing", "none"),
     projection=args.get("projection", "learned"),
     projection_init="normal",  # normal | pool (learned E/F start as mean pooling)
+    causal=False, segment_len=0,  # decoders: configs/clm.py
     dropout_rate=0.1, attention_dropout_rate=0.1, pre_ln=False, layer_norm_eps=1e-5,
     type_vocab_size=0, gelu_approximate=False, dtype="float32", remat=False,
     attention_impl=ml_collections.config_dict.placeholder(str),  # None | xla | cudnn

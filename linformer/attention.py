@@ -22,6 +22,21 @@ Sharing (paper section 4): `none` gives every head its own E_i and F_i; `headwis
 F per layer; `kv` one matrix per layer used as both E and F; `layerwise` one matrix for the whole
 model. Sharing is expressed by object identity: a shared `SeqProjection` is the same NNX module
 referenced from several places, so the parameter tree holds it once.
+
+Causal attention (`cfg.causal`, for decoders). Full attention takes the usual lower-triangular
+mask. The paper's Linformer cannot be causal: each row of E K mixes all n positions, so a causal
+mask over the n x k scores still lets a token see the future. Here a causal Linformer uses a
+segment-wise causal projection instead, in the spirit of the Long-Short Transformer's segment-wise
+dynamic projection (Zhu et al. 2021, section 3.2) but with Linformer's learned E and F: the
+sequence is cut into segments of c = `segment_len` tokens; a token attends exactly, with a causal
+mask, to the keys of its own segment, and to r = k c / n compressed keys and values of every
+completed earlier segment, each made by that segment's own r x c block of E and F (so E is
+block-diagonal: a row only mixes one segment). A token at position t sees c' <= c local keys and
+r floor(t / c) compressed ones: O(n (c + n r / c)) = O(n (c + k)) for a sequence, and O(c + k)
+per generated token with the cache of `SelfAttention.step`. Every sharing mode and projection kind
+is causal this way (pooling windows of n / k = c / r tokens never cross a segment boundary); only
+`attention_impl='cudnn'` is refused (the segment mask is not a length or triangular mask).
+Padding stays exact: it is at the end, and causality already hides later positions.
 """
 
 from __future__ import annotations
@@ -59,6 +74,18 @@ def pooling_init(key, shape, dtype=jnp.float32):
   return jnp.broadcast_to(matrix, shape).astype(dtype)
 
 
+def segment_pooling_init(segments: int):
+  """`pooling_init` within each of `segments` blocks of rows: (..., k, c) with row i pooling
+  positions of segment i // (k / segments) (the causal Linformer's block-diagonal E)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    *lead, k, c = shape
+    block = pooling_init(key, (k // segments, c), dtype)
+    return jnp.broadcast_to(jnp.tile(block, (segments, 1)), shape).astype(dtype)
+
+  return init
+
+
 class SeqProjection(nnx.Module):
   """Projects (batch, n', heads, head_dim) to (batch, k', heads, head_dim) along the sequence.
 
@@ -73,23 +100,37 @@ class SeqProjection(nnx.Module):
   was, which is what uptraining wants (see configs/uptrain.py). `random` is the
   Johnson-Lindenstrauss matrix of the paper's Theorem 1, N(0, 1/k), fixed. `conv` starts as mean
   pooling (every tap 1/r) and is trained.
+
+  With `segment` = c > 0 (the causal Linformer) a matrix is (k, c): the n/c segments each have
+  their own r = k c / n rows, applied to that segment only (initialised as above with c and r in
+  place of n and k). Window kinds need nothing new: their windows lie inside segments.
   """
 
   def __init__(
-    self, kind: str, n: int, k: int, heads: int | None, *, rngs: nnx.Rngs, init: str = "normal"
+    self,
+    kind: str,
+    n: int,
+    k: int,
+    heads: int | None,
+    *,
+    rngs: nnx.Rngs,
+    init: str = "normal",
+    segment: int = 0,
   ):
-    self.kind, self.n, self.k = kind, n, k
+    self.kind, self.n, self.k, self.segment = kind, n, k, segment
     self.window = n // k
+    columns, rows_in = (segment, k * segment // n) if segment else (n, k)
     lead = () if heads is None else (heads,)
     lead_names = () if heads is None else (axes.HEADS,)
     if kind == "learned":
-      start = pooling_init if init == "pool" else nnx.initializers.normal(1.0 / math.sqrt(n))
-      self.matrix = _param(rngs, start, lead + (k, n), lead_names + (axes.SEQ_PROJ, axes.SEQ))
+      pool = segment_pooling_init(n // segment) if segment else pooling_init
+      start = pool if init == "pool" else nnx.initializers.normal(1.0 / math.sqrt(columns))
+      self.matrix = _param(rngs, start, lead + (k, columns), lead_names + (axes.SEQ_PROJ, axes.SEQ))
     elif kind == "random":
       self.matrix = _param(
         rngs,
-        nnx.initializers.normal(1.0 / math.sqrt(k)),
-        lead + (k, n),
+        nnx.initializers.normal(1.0 / math.sqrt(rows_in)),
+        lead + (k, columns),
         lead_names + (axes.SEQ_PROJ, axes.SEQ),
         variable=FixedProjection,
       )
@@ -121,11 +162,13 @@ class SeqProjection(nnx.Module):
     """
     n_in = x.shape[1]
     if self.kind in ("learned", "random"):
-      matrix = self.matrix[...][..., :n_in].astype(x.dtype)
+      matrix = self.matrix[...].astype(x.dtype)
       if self.kind == "random":
         matrix = jax.lax.stop_gradient(matrix)
+      if self.segment:
+        return self._segments(matrix, x), None
       spec = "kn,bn...->bk..." if matrix.ndim == 2 else "hkn,bnhd->bkhd"
-      return jnp.einsum(spec, matrix, x), None
+      return jnp.einsum(spec, matrix[..., :n_in], x), None
 
     # Window projections: pad to a whole number of windows, then reduce each window.
     r = self.window
@@ -151,6 +194,35 @@ class SeqProjection(nnx.Module):
       out = jnp.einsum(spec, x, kernel)
     return out, valid
 
+  @property
+  def rows_per_segment(self) -> int:
+    return self.k * self.segment // self.n
+
+  def _segments(self, matrix, x):
+    """Block-diagonal E: segment s of x (b, S c, ...) times its own r x c block, S <= n / c."""
+    c, r = self.segment, self.rows_per_segment
+    b, num = x.shape[0], x.shape[1] // c
+    xs = x.reshape(b, num, c, *x.shape[2:])
+    blocks = matrix[..., : num * r, :].reshape(*matrix.shape[:-2], num, r, c)
+    if blocks.ndim == 3:
+      out = jnp.einsum("src,bsc...->bsr...", blocks, xs)
+    else:
+      out = jnp.einsum("hsrc,bschd->bsrhd", blocks, xs)
+    return out.reshape(b, num * r, *x.shape[2:])
+
+  def segment_rows(self, x: jax.Array, segment: jax.Array) -> jax.Array:
+    """The r compressed rows of one complete segment x (b, c, h, d), `segment` its index (may be
+    traced): what incremental decoding adds to its cache when a segment is finished."""
+    if self.kind in ("learned", "random"):
+      r, c = self.rows_per_segment, self.segment
+      matrix = self.matrix[...].astype(x.dtype)
+      blocks = matrix.reshape(*matrix.shape[:-2], self.n // c, r, c)
+      block = jax.lax.dynamic_index_in_dim(blocks, segment, axis=blocks.ndim - 3, keepdims=False)
+      spec = "rc,bc...->br..." if block.ndim == 2 else "hrc,bchd->brhd"
+      return jnp.einsum(spec, block, x)
+    rows, _ = self(x, jnp.ones(x.shape[:2], bool))  # windows are the same in every segment
+    return rows
+
 
 def attend(
   q,
@@ -161,8 +233,10 @@ def attend(
   deterministic: bool,
   rngs,
   implementation: str | None = None,
+  causal: bool = False,
 ):
-  """Softmax attention of q (b, n, h, d) over k, v (b, s, h, d); key_mask (b, s) or None.
+  """Softmax attention of q (b, n, h, d) over k, v (b, s, h, d); key_mask (b, s) or None;
+  `causal`: query i sees keys j <= i only (s = n).
 
   Without attention dropout this is `jax.nn.dot_product_attention` with the given
   implementation (`cudnn`: flash attention on NVIDIA GPUs, which takes the mask as the number of
@@ -175,16 +249,53 @@ def attend(
     if implementation == "cudnn":
       lengths = None if key_mask is None else key_mask.sum(-1, dtype=jnp.int32)
       return jax.nn.dot_product_attention(
-        q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
+        q, k, v, key_value_seq_lengths=lengths, implementation="cudnn", is_causal=causal
       )
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    return jax.nn.dot_product_attention(
+      q, k, v, mask=mask, implementation=implementation, is_causal=causal
+    )
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
   logits = logits / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+  if causal:
+    lower = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
+    mask = lower if mask is None else mask & lower
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1)
   weights = dropout(weights, deterministic=False, rngs=rngs).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def segment_attend(q, k, v, k_rows, v_rows, key_mask, row_mask, r, dropout, deterministic, rngs):
+  """The causal Linformer's attention (see the module docstring), in O(n (c + k)).
+
+  q, k, v: (b, S, c, h, d), the sequence cut into S segments of c; k_rows, v_rows: (b, S r, h, d),
+  segment s's compressed keys and values at rows [s r, (s + 1) r); key_mask: (b, S, c) real tokens;
+  row_mask: (b, S r) valid compressed rows, or None. Query (s, i) sees local keys (s, j <= i) and
+  the rows of segments before s, in one softmax.
+  """
+  b, num, c = q.shape[:3]
+  scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+  f32 = jnp.float32
+  local = jnp.einsum("bsqhd,bskhd->bshqk", q, k, preferred_element_type=f32) * scale
+  rows = jnp.einsum("bsqhd,bkhd->bshqk", q, k_rows, preferred_element_type=f32) * scale
+  # A padded query also sees itself, so that no softmax row is empty; real ones are unaffected.
+  eye = jnp.eye(c, dtype=bool)
+  local_mask = jnp.tril(jnp.ones((c, c), bool)) & (key_mask[:, :, None, None, :] | eye)
+  earlier = jnp.arange(num * r)[None, :] // r < jnp.arange(num)[:, None]  # (S, S r)
+  row_visible = earlier[None, :, None, None, :]
+  if row_mask is not None:
+    row_visible = row_visible & row_mask[:, None, None, None, :]
+  neg = jnp.finfo(f32).min
+  logits = jnp.concatenate(
+    [jnp.where(local_mask, local, neg), jnp.where(row_visible, rows, neg)], axis=-1
+  )
+  weights = jax.nn.softmax(logits, axis=-1)
+  if not deterministic and dropout.rate > 0.0:
+    weights = dropout(weights, deterministic=False, rngs=rngs)
+  weights = weights.astype(v.dtype)
+  out = jnp.einsum("bshqk,bskhd->bsqhd", weights[..., :c], v)
+  return out + jnp.einsum("bshqk,bkhd->bsqhd", weights[..., c:], v_rows)
 
 
 def make_projections(
@@ -194,13 +305,17 @@ def make_projections(
   if cfg.sharing == "layerwise":
     assert shared is not None, "layerwise sharing needs the model-wide projection"
     return shared, shared
-  k = cfg.layer_ks[layer]
   heads = cfg.num_heads if cfg.sharing == "none" else None
-  e = SeqProjection(cfg.projection, cfg.max_len, k, heads, rngs=rngs, init=cfg.projection_init)
+  e = make_projection(cfg, cfg.layer_ks[layer], heads, rngs)
   if cfg.sharing == "kv":
     return e, e
-  return e, SeqProjection(
-    cfg.projection, cfg.max_len, k, heads, rngs=rngs, init=cfg.projection_init
+  return e, make_projection(cfg, cfg.layer_ks[layer], heads, rngs)
+
+
+def make_projection(cfg: ModelConfig, k: int, heads: int | None, rngs: nnx.Rngs) -> SeqProjection:
+  segment = cfg.segment_len if cfg.causal else 0
+  return SeqProjection(
+    cfg.projection, cfg.max_len, k, heads, rngs=rngs, init=cfg.projection_init, segment=segment
   )
 
 
@@ -241,17 +356,113 @@ class SelfAttention(nnx.Module):
   ) -> jax.Array:
     """x: (batch, n', hidden); mask: (batch, n'), true at real tokens."""
     mask = mask.astype(bool)
+    cfg = self.cfg
+    if cfg.attention == "linformer" and cfg.causal:
+      return self._causal_linformer(x, mask, deterministic, rngs)
     q = self.query(x)
-    if self.cfg.attention == "full":
+    if cfg.attention == "full":
       k, v, key_mask = self.key(x), self.value(x), mask
-    elif self.proj_k.per_head or not (self.proj_k.linear and self.proj_v.linear):
+    else:
+      k, v, key_mask = self._project(x, mask)
+    out = attend(
+      q, k, v, key_mask, self.dropout, deterministic, rngs, cfg.attention_impl, causal=cfg.causal
+    )
+    return self.out(out)
+
+  def _project(self, x, mask):
+    """E K, F V and the mask of valid projected rows."""
+    if self.proj_k.per_head or not (self.proj_k.linear and self.proj_v.linear):
       real = mask[:, :, None, None]
       k, key_mask = self.proj_k(jnp.where(real, self.key(x), 0), mask)
       v, _ = self.proj_v(jnp.where(real, self.value(x), 0), mask)
-    else:
-      k, v, key_mask = self._project_inputs_first(x, mask)
-    out = attend(q, k, v, key_mask, self.dropout, deterministic, rngs, self.cfg.attention_impl)
+      return k, v, key_mask
+    return self._project_inputs_first(x, mask)
+
+  def _causal_linformer(self, x, mask, deterministic, rngs):
+    """Segment-wise causal Linformer attention (module docstring): the input is padded to whole
+    segments, attended with `segment_attend`, and cut back."""
+    c = self.cfg.segment_len
+    n_in = x.shape[1]
+    pad = -n_in % c
+    x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+    mask = jnp.pad(mask, ((0, 0), (0, pad)))
+    k_rows, v_rows, row_mask = self._project(x, mask)
+    segments = lambda a: a.reshape(a.shape[0], -1, c, *a.shape[2:])
+    out = segment_attend(
+      segments(self.query(x)),
+      segments(self.key(x)),
+      segments(self.value(x)),
+      k_rows,
+      v_rows,
+      segments(mask),
+      row_mask,
+      self.proj_k.rows_per_segment,
+      self.dropout,
+      deterministic,
+      rngs,
+    )
+    out = out.reshape(x.shape[0], -1, *out.shape[3:])[:, :n_in]
     return self.out(out)
+
+  # Incremental decoding: one token at a time, every row of a batch at the same position.
+
+  def init_cache(self, batch_size: int) -> dict[str, jax.Array]:
+    """Zeros for `step`: full attention keeps all n keys and values; the causal Linformer keeps
+    the current segment's c and the k compressed rows of finished segments."""
+    cfg = self.cfg
+    if not cfg.causal:
+      raise ValueError("Incremental decoding needs config.model.causal=True.")
+    shape = lambda rows: (batch_size, rows, cfg.num_heads, cfg.head_dim)
+    zeros = lambda rows: jnp.zeros(shape(rows), jnp.dtype(cfg.dtype))
+    if cfg.attention == "full":
+      return {"k": zeros(cfg.max_len), "v": zeros(cfg.max_len)}
+    k = self.proj_k.k
+    return {"k": zeros(cfg.segment_len), "v": zeros(cfg.segment_len), "k_rows": zeros(k),
+            "v_rows": zeros(k)}  # fmt: skip
+
+  def step(self, x: jax.Array, cache: dict, position: jax.Array) -> tuple[jax.Array, dict]:
+    """The output at `position` for x (b, 1, hidden), that token's input, given the cache of
+    the positions before it; returns it with the updated cache. Costs O(n) for full attention
+    and O(c + k) for the causal Linformer."""
+    cfg = self.cfg
+    q, k, v = self.query(x), self.key(x), self.value(x)
+    if cfg.attention == "full":
+      cache = {
+        "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k, position, axis=1),
+        "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v, position, axis=1),
+      }
+      visible = jnp.arange(cfg.max_len) <= position
+      out = jax.nn.dot_product_attention(q, cache["k"], cache["v"], mask=visible)
+      return self.out(out), cache
+
+    c, r = cfg.segment_len, self.proj_k.rows_per_segment
+    slot, segment = position % c, position // c
+    local_k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k, slot, axis=1)
+    local_v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v, slot, axis=1)
+    num_rows = cache["k_rows"].shape[1]
+    visible = jnp.concatenate([jnp.arange(c) <= slot, jnp.arange(num_rows) // r < segment])
+    out = jax.nn.dot_product_attention(
+      q,
+      jnp.concatenate([local_k, cache["k_rows"]], axis=1),
+      jnp.concatenate([local_v, cache["v_rows"]], axis=1),
+      mask=visible,
+    )
+
+    def compress(rows):
+      """The finished segment's rows, written at [segment r, (segment + 1) r)."""
+      k_rows, v_rows = rows
+      start = segment * r
+      new_k = self.proj_k.segment_rows(local_k, segment).astype(k_rows.dtype)
+      new_v = self.proj_v.segment_rows(local_v, segment).astype(v_rows.dtype)
+      return (
+        jax.lax.dynamic_update_slice_in_dim(k_rows, new_k, start, axis=1),
+        jax.lax.dynamic_update_slice_in_dim(v_rows, new_v, start, axis=1),
+      )
+
+    k_rows, v_rows = jax.lax.cond(
+      slot == c - 1, compress, lambda rows: rows, (cache["k_rows"], cache["v_rows"])
+    )
+    return self.out(out), {"k": local_k, "v": local_v, "k_rows": k_rows, "v_rows": v_rows}
 
   def _project_inputs_first(self, x, mask):
     """E (X W + b) computed as (E X) W + (E 1) b: the same keys and values, but the K and V

@@ -39,6 +39,11 @@ class ModelConfig:
   num_heads: int = 12
   mlp_dim: int = 3072
   attention: str = "linformer"  # linformer | full
+  # Causal (decoder) attention: a token sees no later position. For Linformer this is the
+  # segment-wise causal projection (attention.py): segments of `segment_len` tokens (c), each
+  # compressed to r = k c / max_len rows seen only by later segments.
+  causal: bool = False
+  segment_len: int = 0
   # Projected length: one int for every layer, or one per layer (the paper's nonuniform k).
   k: int | tuple[int, ...] = 128
   sharing: str = "none"  # none | headwise | kv | layerwise
@@ -136,6 +141,8 @@ class ModelConfig:
       )
     if self.attention == "linformer":
       self._validate_linformer()
+      if self.causal:
+        self._validate_causal_linformer()
 
   def _validate_linformer(self) -> None:
     if self.sharing not in SHARING_MODES:
@@ -189,3 +196,35 @@ class ModelConfig:
           f"max_len={self.max_len} is not divisible by k",
           "choose k dividing max_len (e.g. 512 with k in 64, 128, 256)",
         )
+
+  def _validate_causal_linformer(self) -> None:
+    c, n = self.segment_len, self.max_len
+    if not isinstance(c, int) or c <= 0 or n % c:
+      raise _field_error(
+        "segment_len",
+        c,
+        f"a causal Linformer cuts max_len={n} into segments of segment_len tokens",
+        f"set segment_len to a divisor of max_len (e.g. {_divisor_near(n, 64)})",
+      )
+    if self.attention_impl == "cudnn":
+      raise _field_error(
+        "attention_impl",
+        "cudnn",
+        "the causal Linformer's segment mask is not a cuDNN length or causal mask",
+        "use attention_impl=None with causal=True and attention='linformer'",
+      )
+    for i, k in enumerate(self.layer_ks):
+      where = f"k[{i}]" if isinstance(self.k, tuple) else "k"
+      if (k * c) % n or k * c < n:
+        raise _field_error(
+          where,
+          k,
+          f"each of the max_len/segment_len={n // c} segments gets k*segment_len/max_len "
+          f"compressed rows, which must be a whole number >= 1 (segment_len={c})",
+          f"use k a multiple of {n // c} (e.g. k={max(n // c, (k // (n // c)) * (n // c))})",
+        )
+
+
+def _divisor_near(n: int, target: int) -> int:
+  """The divisor of n closest to target (for suggestions in error messages)."""
+  return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - target))

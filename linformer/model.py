@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from linformer import axes
-from linformer.attention import SelfAttention, SeqProjection, partitioned
+from linformer.attention import SelfAttention, SeqProjection, make_projection, partitioned
 from linformer.config import ConfigError, ModelConfig
 
 _init = nnx.initializers.normal(0.02)  # BERT/RoBERTa's initializer range.
@@ -84,12 +84,19 @@ class Embeddings(nnx.Module):
         f"{self.cfg.max_len}. Truncate inputs (e.g. config.max_seq_len) or build the model "
         "with a larger max_len."
       )
-    x = self.token(input_ids) + self.position(jnp.arange(n))[None]
+    return self._embed(input_ids, jnp.arange(n)[None], token_type_ids, deterministic, rngs)
+
+  def _embed(self, input_ids, positions, token_type_ids, deterministic, rngs):
+    x = self.token(input_ids) + self.position(positions)
     if self.cfg.type_vocab_size:
       if token_type_ids is None:
         token_type_ids = jnp.zeros_like(input_ids)
       x = x + self.token_type(token_type_ids)
     return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
+
+  def step(self, token_ids, position):
+    """(b, 1, hidden) embeddings of tokens (b,) all at `position` (decoding)."""
+    return self._embed(token_ids[:, None], jnp.reshape(position, (1, 1)), None, True, None)
 
 
 class EncoderLayer(nnx.Module):
@@ -106,9 +113,22 @@ class EncoderLayer(nnx.Module):
     self.dropout = nnx.Dropout(cfg.dropout_rate)
 
   def __call__(self, x, mask, *, deterministic=True, rngs=None):
+    attn = lambda y: self.attention(y, mask, deterministic=deterministic, rngs=rngs)
+    return self._residual(x, attn, deterministic, rngs)
+
+  def step(self, x, cache, position):
+    """One token's layer output (decoding; see SelfAttention.step) and the updated cache."""
+    updated = {}
+
+    def attn(y):
+      out, updated["cache"] = self.attention.step(y, cache, position)
+      return out
+
+    return self._residual(x, attn, True, None), updated["cache"]
+
+  def _residual(self, x, attn, deterministic, rngs):
     drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
     mlp = lambda y: self.mlp_out(drop(_gelu(self.cfg, self.mlp_in(y))))
-    attn = lambda y: self.attention(y, mask, deterministic=deterministic, rngs=rngs)
     if self.pre_ln:
       x = x + drop(attn(self.attention_norm(x)))
       return x + drop(mlp(self.mlp_norm(x)))
@@ -125,9 +145,7 @@ class Encoder(nnx.Module):
     shared = None
     if cfg.attention == "linformer" and cfg.sharing == "layerwise":
       # One matrix for every layer, head, key and value; each layer refers to this module.
-      shared = SeqProjection(
-        cfg.projection, cfg.max_len, cfg.layer_ks[0], None, rngs=rngs, init=cfg.projection_init
-      )
+      shared = make_projection(cfg, cfg.layer_ks[0], None, rngs)
     self.layers = nnx.List([EncoderLayer(cfg, i, shared, rngs=rngs) for i in range(cfg.num_layers)])
     if cfg.pre_ln:
       self.final_norm = _layer_norm(cfg, rngs)
@@ -146,6 +164,21 @@ class Encoder(nnx.Module):
     if self.cfg.pre_ln:
       x = self.final_norm(x)
     return x
+
+  def init_cache(self, batch_size: int) -> list[dict[str, jax.Array]]:
+    """Each layer's decoding cache (causal models; SelfAttention.init_cache)."""
+    return [layer.attention.init_cache(batch_size) for layer in self.layers]
+
+  def step(self, token_ids, cache, position):
+    """Hidden states (b, 1, hidden) of tokens (b,) at `position`, and the updated cache."""
+    x = self.embeddings.step(token_ids, position)
+    new_cache = []
+    for layer, layer_cache in zip(self.layers, cache):
+      x, layer_cache = layer.step(x, layer_cache, position)
+      new_cache.append(layer_cache)
+    if self.cfg.pre_ln:
+      x = self.final_norm(x)
+    return x, new_cache
 
 
 class MaskedLM(nnx.Module):
@@ -179,10 +212,48 @@ class MaskedLM(nnx.Module):
     h = self.encoder(
       input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
     )
-    h = jnp.take_along_axis(h, mlm_positions[:, :, None], axis=1)
+    return self._head(jnp.take_along_axis(h, mlm_positions[:, :, None], axis=1))
+
+  def _head(self, h):
+    """Vocabulary logits (float32) of hidden states h (..., hidden)."""
     h = self.mlm_norm(_gelu(self.cfg, self.mlm_dense(h)))
     logits = self.encoder.embeddings.token.attend(h)
     return logits.astype(jnp.float32) + self.mlm_bias[...]
+
+
+class CausalLM(MaskedLM):
+  """A decoder: the causal encoder (`config.model.causal`) and the same tied LM head, scoring
+  the next token at every position. Its parameters have MaskedLM's names, so an MLM run or a
+  BERT checkpoint can start it (`config.init_from`).
+
+  `init_cache` and `step` decode incrementally; `step` gives the forward pass's logits at that
+  position (tests/test_causal.py).
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    if not cfg.causal:
+      raise ConfigError(
+        "config.model.causal=False: a causal LM needs causal attention. Fix: set "
+        "config.model.causal=True (configs/clm.py does)."
+      )
+    super().__init__(cfg, rngs=rngs)
+
+  def __call__(
+    self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True, rngs=None
+  ):
+    """Logits (b, n, vocab): position i scores token i + 1."""
+    h = self.encoder(
+      input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
+    )
+    return self._head(h)
+
+  def init_cache(self, batch_size: int):
+    return self.encoder.init_cache(batch_size)
+
+  def step(self, token_ids, cache, position):
+    """Logits (b, vocab) after tokens (b,) at `position`, and the updated cache."""
+    h, cache = self.encoder.step(token_ids, cache, position)
+    return self._head(h[:, 0]), cache
 
 
 class SequenceClassifier(nnx.Module):

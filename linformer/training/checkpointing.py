@@ -42,6 +42,8 @@ MAY_CHANGE = (
 # Fields added after runs were written: a saved config without one ran with this value.
 ADDED_FIELDS = {
   "model.projection_init": "normal",
+  "model.causal": False,
+  "model.segment_len": 0,
   "init_from": "",
   "freeze_pretrained_steps": 0,
   "freeze_lr": None,
