@@ -1,7 +1,10 @@
 """The causal Linformer and full causal attention: no token sees the future, padding is exact, and
 step-by-step decoding gives the forward pass's outputs."""
 
+import csv
+import importlib.util
 import itertools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +16,7 @@ from linformer.attention import SelfAttention, make_projection
 from linformer.config import ConfigError, ModelConfig
 from linformer.model import CausalLM
 
+ROOT = Path(__file__).resolve().parents[1]
 N, C = 16, 4  # four segments of four tokens
 
 
@@ -166,3 +170,23 @@ def test_bad_causal_configs_name_the_field(overrides, names):
 def test_causal_lm_needs_causal_attention():
   with pytest.raises(ConfigError, match="config.model.causal=True"):
     CausalLM(causal_config(causal=False), rngs=nnx.Rngs(0))
+
+
+def test_decode_benchmark_measures_both_and_sizes_the_caches(tmp_path):
+  """benchmarks/decode.py on a tiny model: both decoders generate, and the cache sizes are
+  full attention's L rows against the Linformer's c + k per layer, for keys and values."""
+  spec = importlib.util.spec_from_file_location("decode", ROOT / "benchmarks" / "decode.py")
+  decode = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(decode)
+  out = tmp_path / "decode.csv"
+  decode.main(
+    "--contexts 64 --segment_len 16 --rows 2 --layers 1 --hidden 16 --heads 2 --vocab 50 "
+    f"--steps 4 --repeats 1 --out {out}".split()
+  )
+  with out.open() as f:
+    full, lin = list(csv.DictReader(f))
+  row_bytes = 2 * 16 * 4  # keys and values, hidden 16, float32
+  assert int(full["cache_bytes"]) == 64 * row_bytes
+  assert int(lin["cache_bytes"]) == (16 + 8) * row_bytes  # c = 16, k = 64 * 2 / 16 = 8
+  assert float(full["tokens_per_s"]) > 0 and float(lin["tokens_per_s"]) > 0
+  assert float(lin["cache_ratio"]) == pytest.approx(64 / 24, rel=1e-3)
