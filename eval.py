@@ -6,6 +6,7 @@ r"""Evaluates a run's checkpoint, or predicts with it.
   python eval.py --workdir=runs/sst2 --text "a gripping film"
   python eval.py --workdir=runs/mnli --text "A man sleeps." --text_pair "A person rests."
   python eval.py --workdir=runs/tiny --fill_mask "The <mask> module encodes JSON."
+  python eval.py --workdir=runs/clm --generate "The json module" --max_new_tokens=20
   python eval.py --workdir=runs/base --mesh=data=1,fsdp=1,tensor=1   # on fewer devices
 
 Prediction uses the best checkpoint of a fine-tuning run when it has one. The checkpoint is
@@ -23,6 +24,12 @@ import sys
 from absl import flags, logging
 
 from linformer import cli
+
+STOPS = {
+  "eos": "at </s>",
+  "max_new_tokens": "after --max_new_tokens",
+  "max_len": "at config.model.max_len (every position used)",
+}
 
 
 def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -52,6 +59,22 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     **define,
   )
   flags.DEFINE_string(
+    "generate",
+    None,
+    "Continue this text with a causal-LM run (configs/clm.py) and print the continuation.",
+    **define,
+  )
+  flags.DEFINE_integer(
+    "max_new_tokens", 50, "--generate: the most tokens to add (it also stops at eos).", **define
+  )
+  flags.DEFINE_float(
+    "temperature", 0.0, "--generate: 0 takes the most likely token; > 0 samples.", **define
+  )
+  flags.DEFINE_integer(
+    "top_k", 0, "--generate: sample from the k most likely tokens only (0: all).", **define
+  )
+  flags.DEFINE_integer("seed", 0, "--generate: the sampling seed.", **define)
+  flags.DEFINE_string(
     "mesh",
     None,
     "Devices to restore onto, e.g. data=1,fsdp=1,tensor=1 (one size may be -1); default the "
@@ -64,6 +87,7 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
 def check_flags(fv: flags.FlagValues, config) -> None:
   """The flags against each other and against the run, before anything is restored."""
   task, workdir = config.get("task"), fv.workdir
+  _check_generate_flags(fv, task, workdir)
   if fv.fill_mask is not None and fv.text is not None:
     raise cli.UsageError("--fill_mask and --text: give one of them.")
   if fv.text_pair is not None and fv.text is None:
@@ -109,6 +133,31 @@ def check_flags(fv: flags.FlagValues, config) -> None:
     raise cli.UsageError(f"--step={fv.step}: give a checkpoint step >= 0.")
 
 
+def _check_generate_flags(fv: flags.FlagValues, task: str, workdir: str) -> None:
+  sampling = ("max_new_tokens", "temperature", "top_k", "seed")
+  if fv.generate is None:
+    given = [name for name in sampling if fv[name].present]
+    if given:
+      raise cli.UsageError(f"--{given[0]} applies to --generate; give the text to continue too.")
+    return
+  if fv.max_new_tokens < 1:
+    raise cli.UsageError(f"--max_new_tokens={fv.max_new_tokens}: give a number of tokens >= 1.")
+  if fv.temperature < 0:
+    raise cli.UsageError(f"--temperature={fv.temperature}: give 0 (greedy) or a value > 0.")
+  if fv.top_k < 0:
+    raise cli.UsageError(f"--top_k={fv.top_k}: give 0 (no cut) or a number of tokens >= 1.")
+  for other in ("fill_mask", "text"):
+    if fv[other].value is not None:
+      raise cli.UsageError(f"--generate and --{other}: give one of them.")
+  if fv.split or fv.num_eval_steps is not None:
+    raise cli.UsageError("--split and --num_eval_steps apply to evaluation, not generation.")
+  if task != "clm":
+    raise cli.UsageError(
+      f"--generate: {workdir} is a {task} run; generating text needs a causal-LM run "
+      "(configs/clm.py)."
+    )
+
+
 def main(fv: flags.FlagValues) -> int:
   logging.set_verbosity(logging.WARNING)
   from linformer.training import checkpointing
@@ -118,6 +167,23 @@ def main(fv: flags.FlagValues) -> int:
   mesh = cli.parse_mesh(fv.mesh) if fv.mesh else None
   from linformer.training.loop import evaluate, restore_run
 
+  if fv.generate is not None:
+    _, trainer, state = restore_run(fv.workdir, fv.step, config, best=fv.best, mesh=mesh)
+    try:
+      result = trainer.task.generate(
+        trainer.model(state),
+        fv.generate,
+        fv.max_new_tokens,
+        temperature=fv.temperature,
+        top_k=fv.top_k,
+        seed=fv.seed,
+      )
+    except ValueError as e:
+      raise cli.UsageError(str(e)) from None
+    print(f"prompt: {result['prompt']}")
+    print(f"continuation: {result['continuation']}")
+    print(f"stopped: {STOPS[result['stop']]} ({len(result['token_ids'])} new tokens)")
+    return 0
   if fv.fill_mask is not None:
     _, trainer, state = restore_run(fv.workdir, fv.step, config, best=fv.best, mesh=mesh)
     try:

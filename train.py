@@ -1,6 +1,7 @@
-r"""Trains a task from a config: masked-LM pretraining or fine-tuning.
+r"""Trains a task from a config: masked- or causal-LM pretraining, or fine-tuning.
 
   python train.py --config=configs/pretrain.py:size=tiny --workdir=runs/tiny
+  python train.py --config=configs/clm.py:size=tiny --workdir=runs/clm
 
 A workdir that already holds a checkpoint is resumed. On several hosts, start the same command
 on each; `jax.distributed` is initialised automatically on SLURM and Cloud TPU, or from

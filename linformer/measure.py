@@ -31,12 +31,19 @@ loss and the optimizer. With n tokens per sequence, width H, MLP width F, k the 
                 attention scores Q K^T     full: 2 n^2 H;  Linformer: 2 n k' H
                 attention output P V       full: 2 n^2 H;  Linformer: 2 n k' H
     MLM head    dense, tied decoder        2 m H^2, 2 m H V (at the m masked slots only)
+    CLM head    dense, tied decoder        2 n H^2, 2 n H V (the next token at every position)
     finetune    dense, output              2 H^2, 2 H labels (at the first token)
 
 For `kv` and `layerwise` sharing the code calls the projection for K and for V separately; both
-calls count. Training = 3 x forward (the backward of a matmul is two matmuls of its size), except
-a fixed `random` projection, whose matrix gets no gradient: 2 x. Rematerialisation's recomputed
-forward is not counted (model FLOPs, not hardware FLOPs). For a training loop, with
+calls count. Causal attention (`cfg.causal`): full attention is counted as the non-causal one, as
+the masked-out half of Q K^T and P V is computed anyway; the causal Linformer (segments of c
+tokens, r = k c / n compressed rows each) adds the c keys of a query's own segment to Q K^T and
+P V (2 n (k' + c) H each), its block-diagonal E costs 2 r n H (r in place of k), and with the
+inputs projected first the K, V dense also runs on all n tokens (the local keys).
+
+Training = 3 x forward (the backward of a matmul is two matmuls of its size), except a fixed
+`random` projection, whose matrix gets no gradient: 2 x. Rematerialisation's recomputed forward
+is not counted (model FLOPs, not hardware FLOPs). For a training loop, with
 `peak, source = peak_flops(cfg.dtype, devices)`:
 
     MFU = tokens/s * train_flops_per_token(cfg, task, n) / (peak * len(devices))
@@ -63,7 +70,7 @@ from linformer.config import ModelConfig
 MIB = 2**20
 GIB = 2**30
 MASK_PROB = 0.15  # the MLM pipeline's default: m = ceil(0.15 n) (data.mlm.default_max_predictions)
-TASKS = ("encoder", "mlm", "finetune")
+TASKS = ("encoder", "mlm", "clm", "finetune")
 
 # ---------------------------------------------------------------------------------------------
 # Formatting and CSV.
@@ -226,7 +233,9 @@ def forward_flops(
   """Matmul FLOPs of one length-n sequence through the forward pass, by part.
 
   task: 'encoder' (no head: inference of the layer stack), 'mlm' (MaskedLM's head at
-  `num_predictions` slots, default ceil(0.15 n)) or 'finetune' (SequenceClassifier's head).
+  `num_predictions` slots, default ceil(0.15 n)), 'clm' (CausalLM's head at all n positions) or
+  'finetune' (SequenceClassifier's head). Causal attention follows `cfg.causal` (module
+  docstring).
   """
   if task not in TASKS:
     raise ValueError(f"task={task!r}: use one of {TASKS}")
@@ -243,17 +252,23 @@ def forward_flops(
     pooled = cfg.projection in ("mean_pool", "max_pool", "conv")
     keys = math.ceil(n / (cfg.max_len // k)) if pooled else k  # windows of an n-token input
     inputs_first = cfg.sharing != "none" and cfg.projection != "max_pool"
+    local = cfg.segment_len if cfg.causal else 0  # the causal Linformer's own-segment keys
+    rows = k * local // cfg.max_len if local else k  # rows of E that mix each token
     parts["kv_dense"] += 2 * (2 * (keys if inputs_first else n) * hid * hid)
+    if local and inputs_first:
+      parts["kv_dense"] += 2 * (2 * n * hid * hid)  # the local keys and values of every token
     if cfg.projection in ("learned", "random"):
-      parts["seq_proj"] += 2 * (2 * k * n * hid)
+      parts["seq_proj"] += 2 * (2 * rows * n * hid)
       if inputs_first:
-        parts["seq_proj"] += 2 * (2 * k * n)  # E applied to the all-ones (bias) column
+        parts["seq_proj"] += 2 * (2 * rows * n)  # E applied to the all-ones (bias) column
     elif cfg.projection == "conv":
       parts["seq_proj"] += 2 * (2 * n * hid)
-    parts["attention"] += 2 * (2 * n * keys * hid)
+    parts["attention"] += 2 * (2 * n * (keys + local) * hid)
   if task == "mlm":
     m = num_predictions if num_predictions is not None else math.ceil(MASK_PROB * n)
     parts["mlm_head"] = 2 * m * hid * hid + 2 * m * hid * cfg.vocab_size
+  elif task == "clm":
+    parts["lm_head"] = 2 * n * hid * hid + 2 * n * hid * cfg.vocab_size
   elif task == "finetune":
     parts["cls_head"] = 2 * hid * hid + 2 * hid * num_labels
   return parts

@@ -19,7 +19,8 @@ import os
 
 from linformer.config import ConfigError, ModelConfig
 
-TASKS = ("mlm", "finetune")
+TASKS = ("mlm", "clm", "finetune")
+PRETRAINING = ("mlm", "clm")  # tasks reading a text corpus into packed blocks
 SPECIAL_TOKENS = 5  # <pad> <s> </s> <unk> <mask>: every tokenizer of a run has them
 # A SentencePiece vocab_size below this is checked against the corpus's characters up front.
 CHECKED_VOCAB_SIZE = 2000
@@ -101,17 +102,40 @@ def check_config(config) -> None:
   phase, intervals, mesh and the data fields. Cheap: no dataset is opened (`check_data`)."""
   task = config.get("task")
   if task not in TASKS:
-    raise ConfigError(f"config.task={task!r}: unknown task. Known: 'mlm', 'finetune'.")
+    raise ConfigError(f"config.task={task!r}: unknown task. Known: 'mlm', 'clm', 'finetune'.")
   if not _is_int(config.get("seed", 0)):
     _fail("seed", config.get("seed"), "must be an integer", "e.g. --config.seed=0")
+  _check_causal(config)
   check_model(config)
   _check_steps(config)
   _check_optimizer(config)
   _check_mesh(config)
-  if task == "mlm":
+  if task in PRETRAINING:
     _check_mlm_data(config)
   else:
     _check_finetune_data(config)
+
+
+def _check_causal(config) -> None:
+  """A causal LM needs a causal model, and only a causal LM has one: a masked LM or classifier
+  on causal attention would train, but not as the encoder its task means."""
+  task, causal = config.get("task"), config.get("model", {}).get("causal", False)
+  if task == "clm" and causal is not True:
+    _fail(
+      "model.causal",
+      causal,
+      "config.task='clm' predicts the next token, so a token must not see later ones",
+      "set --config.model.causal=True with a config.model.segment_len for the Linformer "
+      "(configs/clm.py does both)",
+    )
+  if task != "clm" and causal is not False:
+    _fail(
+      "model.causal",
+      causal,
+      f"config.task={task!r} needs a bidirectional encoder; causal attention is for "
+      "config.task='clm'",
+      "set --config.model.causal=False, or train a causal LM with configs/clm.py",
+    )
 
 
 def check_model(config) -> ModelConfig:
@@ -322,7 +346,7 @@ def check_data(config, workdir: Workdir, has_source: bool = False) -> None:
   config.data.data_dir), its splits and features exist, a pretraining corpus is text, and a
   fine-tuning run has a tokenizer. `has_source`: config.init_from gives weights and tokenizer."""
   d = config.data
-  if config.task == "mlm":
+  if config.task in PRETRAINING:
     from linformer.data import sources
 
     try:
@@ -371,7 +395,7 @@ def _check_vocab_size(d, train) -> None:
 
 def eval_split_names(config) -> list[str]:
   """The splits `eval.py --split` may name for a run of `config`."""
-  if config.get("task") == "mlm":
+  if config.get("task") in PRETRAINING:
     return ["validation", "train"]
   from linformer.data.datasets import spec_from_config
 

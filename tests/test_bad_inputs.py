@@ -127,6 +127,8 @@ CONFIG_CASES = [
   (["--config.model.attention=fast"], "config.model.attention='fast'"),
   (["--config.model.dropout_rate=1.0"], "config.model.dropout_rate"),
   (["--config.model.dtype=float8"], "config.model.dtype"),
+  (["--config.model.causal=True"], "config.model.causal=True"),
+  (["--config.task=clm"], "config.model.causal=False"),
   (["--config.model.foo=1"], "config.model has no field 'foo'"),
   (["--config.nope=1"], "config has no field 'nope'"),
   (["--config.batch_size=1.5"], "--config.batch_size=1.5"),
@@ -351,6 +353,12 @@ EVAL_CASES = [
   ("mlm", ["--mesh=data=2,foo=1"], "--mesh=data=2,foo=1"),
   ("mlm", ["--mesh=data=3"], "--mesh"),
   ("mlm", ["--bogus"], "--bogus"),
+  ("mlm", ["--generate=The json"], "--generate"),
+  ("mlm", ["--generate=a", "--fill_mask=a <mask>"], "--generate and --fill_mask"),
+  ("mlm", ["--generate=a", "--max_new_tokens=0"], "--max_new_tokens=0"),
+  ("mlm", ["--generate=a", "--temperature=-1"], "--temperature=-1"),
+  ("mlm", ["--generate=a", "--top_k=-2"], "--top_k=-2"),
+  ("mlm", ["--max_new_tokens=5"], "--max_new_tokens applies to --generate"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Pretraining data: TFDS text sources, tokenizers, packing and MLM masking.
+"""Pretraining data: TFDS text sources, tokenizers, packing, MLM masking and causal-LM targets.
 
 Importing this package registers the project's TFDS builders `pydocs`,
 `text_files` and `listops`. Training calls `build_pretrain_data(config.data, ...)`; see

@@ -291,10 +291,47 @@ def make_mlm_dataset(
       from shard_index on; None -> jax.process_index(), jax.process_count().
     num_workers: grain worker processes (0: threads in this process).
   """
-  shard_index, shard_count = pipeline.resolve_shards(shard_index, shard_count)
   if max_predictions is None:
     max_predictions = default_max_predictions(seq_len, mask_prob)
+  masking = MaskTokens(
+    special_ids=tokenizer.special_ids,
+    mask_id=tokenizer.mask_id,
+    pad_id=tokenizer.pad_id,
+    vocab_size=tokenizer.vocab_size,
+    max_predictions=max_predictions,
+    mask_prob=mask_prob,
+  )
+  return make_block_dataset(
+    tokens,
+    tokenizer,
+    masking,
+    seq_len=seq_len,
+    batch_size=batch_size,
+    seed=seed,
+    train=train,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    num_workers=num_workers,
+  )
 
+
+def make_block_dataset(
+  tokens: np.ndarray,
+  tokenizer: Tokenizer,
+  example: grain.transforms.Map | grain.transforms.RandomMap,
+  *,
+  seq_len: int,
+  batch_size: int,
+  seed: int,
+  train: bool,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+  num_workers: int = 0,
+) -> grain.IterDataset:
+  """One host's batches of `PackedBlocks`, each block made an example by `example` (a grain
+  `Map`, or a `RandomMap` seeded by `seed`): the pipeline of every pretraining objective (MLM
+  here, causal LM in `clm.py`); see `make_mlm_dataset` for the arguments."""
+  shard_index, shard_count = pipeline.resolve_shards(shard_index, shard_count)
   num_blocks = None  # Train: exactly the data.
   if not train:
     num_blocks = (
@@ -317,7 +354,7 @@ def make_mlm_dataset(
       "(config.data.dataset) or a shorter sequence length."
     )
 
-  # Shuffle, repeat and mask the global sequence of blocks, cut it into
+  # Shuffle, repeat and transform the global sequence of blocks, cut it into
   # per-host batches and give host h every shard_count-th batch: global batch j
   # is then examples [j*B, (j+1)*B) in order, host h holding rows
   # [h*B/P, (h+1)*B/P) of it, whatever the number of hosts P. Hosts never share
@@ -325,17 +362,10 @@ def make_mlm_dataset(
   ds = grain.MapDataset.source(blocks)
   if train:
     ds = ds.shuffle(seed=seed).repeat()
-  ds = ds.random_map(
-    MaskTokens(
-      special_ids=tokenizer.special_ids,
-      mask_id=tokenizer.mask_id,
-      pad_id=tokenizer.pad_id,
-      vocab_size=tokenizer.vocab_size,
-      max_predictions=max_predictions,
-      mask_prob=mask_prob,
-    ),
-    seed=seed,
-  )
+  if isinstance(example, grain.transforms.RandomMap):
+    ds = ds.random_map(example, seed=seed)
+  else:
+    ds = ds.map(example)
   return pipeline.host_batches(
     ds,
     batch_size,

@@ -1,10 +1,11 @@
 """The pretraining data of a run: tokenizer, train iterator, eval batches.
 
 `build_pretrain_data(config.data, workdir, seq_len, per_host_batch_size,
-seed)` is the one call training makes. It reads the corpus from TFDS,
+seed, objective)` is the one call training makes. It reads the corpus from TFDS,
 trains or loads the tokenizer (kept in `{workdir}/tokenizer/` and reused on
 resume), packs each split once (cached in `{workdir}/data/`) and returns
-grain pipelines (see `mlm.py`).
+grain pipelines of masked (`mlm.py`) or causal-LM (`clm.py`) examples of the
+same packed blocks.
 
 `config.data` fields (`default_config()`):
 
@@ -45,7 +46,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from linformer.data import mlm, sources
+from linformer.data import clm, mlm, sources
 from linformer.data.tokenizer import Tokenizer, train_sentencepiece
 
 
@@ -72,6 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
       "text_files_one_doc_per_file": False,
     }
   )
+
+
+OBJECTIVES = ("mlm", "clm")
 
 
 class EvalData:
@@ -167,6 +171,7 @@ def build_pretrain_data(
   per_host_batch_size: int,
   seed: int,
   tokenizer: Tokenizer | None = None,
+  objective: str = "mlm",
 ) -> PretrainData:
   """Tokenizer, checkpointable train iterator and eval batches of a run.
 
@@ -179,6 +184,8 @@ def build_pretrain_data(
     per_host_batch_size: examples per batch on this host.
     seed: shuffle and masking seed.
     tokenizer: use this one (e.g. from a pretraining run) instead.
+    objective: 'mlm' (masked blocks, `mlm.MaskTokens`) or 'clm' (next-token
+      targets, `clm.NextTokens`); the tokenizer and caches are the same.
 
   Returns:
     (tokenizer, train_iter, eval_splits): `train_iter` is an endless
@@ -186,6 +193,8 @@ def build_pretrain_data(
     `eval_splits['validation']()` gives one pass over the eval split in full
     batches, and has `.num_batches` and `.unigram_perplexity`; 'train' too.
   """
+  if objective not in OBJECTIVES:
+    raise ValueError(f"objective={objective!r}: use one of {OBJECTIVES}.")
   load = functools.partial(
     sources.load_text_source,
     config_data.dataset,
@@ -221,19 +230,24 @@ def build_pretrain_data(
   eval_tokens = {"validation": pack(eval_texts), "train": train_tokens}
 
   common = dict(
-    seq_len=seq_len,
-    batch_size=per_host_batch_size,
-    seed=seed,
-    max_predictions=config_data.max_predictions,
-    mask_prob=config_data.mask_prob,
-    num_workers=config_data.num_workers,
+    seq_len=seq_len, batch_size=per_host_batch_size, seed=seed, num_workers=config_data.num_workers
   )
-  train_ds = mlm.make_mlm_dataset(train_tokens, tokenizer, train=True, **common)
+  if objective == "mlm":
+    make_dataset = functools.partial(
+      mlm.make_mlm_dataset,
+      max_predictions=config_data.max_predictions,
+      mask_prob=config_data.mask_prob,
+    )
+    baseline_special_ids = tokenizer.special_ids
+  else:
+    make_dataset = clm.make_clm_dataset
+    baseline_special_ids = clm.unigram_special_ids(tokenizer)  # its targets include eos
+  train_ds = make_dataset(train_tokens, tokenizer, train=True, **common)
 
   def eval_data(split: str) -> EvalData:
     tokens = eval_tokens[split]
     return EvalData(
-      mlm.make_mlm_dataset(tokens, tokenizer, train=False, **common),
+      make_dataset(tokens, tokenizer, train=False, **common),
       num_batches=mlm.eval_batches_per_host(
         len(tokens), seq_len, per_host_batch_size, jax.process_count()
       ),
@@ -242,7 +256,7 @@ def build_pretrain_data(
         train_tokens,
         tokens,
         tokenizer.vocab_size,
-        special_ids=tokenizer.special_ids,
+        special_ids=baseline_special_ids,
       ),
     )
 

@@ -11,8 +11,12 @@ def get_task(config) -> Task:
     from linformer.tasks.mlm import MaskedLMTask
 
     return MaskedLMTask(config)
+  if config.task == "clm":
+    from linformer.tasks.clm import CausalLMTask
+
+    return CausalLMTask(config)
   if config.task == "finetune":
     from linformer.tasks.finetune import FinetuneTask
 
     return FinetuneTask(config)
-  raise ConfigError(f"config.task={config.task!r}: unknown task. Known: 'mlm', 'finetune'.")
+  raise ConfigError(f"config.task={config.task!r}: unknown task. Known: 'mlm', 'clm', 'finetune'.")

@@ -39,6 +39,7 @@ def mlm_summary(loss_sum: float, correct: float, weight: float) -> dict[str, flo
 
 class MaskedLMTask(Task):
   name = "mlm"
+  objective = "mlm"  # the examples `build_pretrain_data` makes of the packed blocks
 
   def setup(
     self, workdir: str, per_host_batch_size: int, init_tokenizer: str | None = None
@@ -57,6 +58,7 @@ class MaskedLMTask(Task):
       per_host_batch_size=per_host_batch_size,
       seed=c.seed,
       tokenizer=given,
+      objective=self.objective,
     )
     self.tokenizer = self.data.tokenizer
 

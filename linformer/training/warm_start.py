@@ -39,6 +39,9 @@ FREE_MODEL_FIELDS = (
   "attention_impl",
   "projection_init",
 )
+# Model fields the task decides: a causal LM may start from a masked-LM run. They change no shape
+# but the causal Linformer's learned or random E and F ((k, segment_len), not (k, max_len)).
+TASK_MODEL_FIELDS = ("causal", "segment_len")
 RECORD_FILE = "warm_start.json"
 RUN, HUGGINGFACE = "run", "huggingface"
 
@@ -123,8 +126,16 @@ def _run_source(path: str, source, config) -> Source:
   differ = [
     f"{k}: pretrained {source.model.get(k)!r}, asked {v!r}"
     for k, v in config.model.items()
-    if k not in FREE_MODEL_FIELDS and _normal(source.model.get(k, v)) != _normal(v)
+    if k not in FREE_MODEL_FIELDS + TASK_MODEL_FIELDS
+    and _normal(source.model.get(k, v)) != _normal(v)
   ]
+  columns = _projection_columns(source.model), _projection_columns(config.model)
+  if None not in columns and columns[0] != columns[1]:  # else attention or projection differ
+    differ.append(
+      f"E and F: pretrained (k, {columns[0]}), asked (k, {columns[1]}) (causal="
+      f"{config.model.get('causal')!r}, segment_len={config.model.get('segment_len')!r}: a "
+      "causal Linformer's learned or random E and F have segment_len columns)"
+    )
   if differ:
     raise ConfigError(
       f"config.init_from={path!r} holds a model of a different shape than config.model "
@@ -137,6 +148,13 @@ def _run_source(path: str, source, config) -> Source:
       "for its first checkpoint)."
     )
   return Source(path, RUN, os.path.join(path, "tokenizer"), {})
+
+
+def _projection_columns(model) -> int | None:
+  """The columns of a model's E and F matrices, or None when it has none that depend on n."""
+  if model.get("attention") != "linformer" or model.get("projection") not in ("learned", "random"):
+    return None
+  return model.get("segment_len") if model.get("causal") else model.get("max_len")
 
 
 def _huggingface_source(path: str, hf: dict, config, workdir: str | None) -> Source:
