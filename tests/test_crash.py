@@ -65,15 +65,16 @@ def tensorboard_steps(workdir, tag):
 
 
 @pytest.mark.slow
-def test_kills_before_the_first_checkpoint_and_during_a_save(data_dir, tmp_path):
-  config = small_config(data_dir, checkpoint_every_steps=3, eval_every_steps=2)
+def test_kills_before_the_first_checkpoint_and_during_a_save(data_dir, pydocs_tokenizer, tmp_path):
+  given = {"data.tokenizer": pydocs_tokenizer}  # the one each run would train: faster, the same
+  config = small_config(data_dir, checkpoint_every_steps=3, eval_every_steps=2, **given)
   reference = train_and_evaluate(config, str(tmp_path / "reference"))
   workdir = str(tmp_path / "run")
   ckpt = os.path.join(workdir, "checkpoints")
   train_steps = lambda: [r["step"] for r in read_metrics(workdir, "train")]
 
   # 1. Killed after logging steps 1-2 (and an eval at 2), before the checkpoint at 3.
-  late = small_config(data_dir, checkpoint_every_steps=12, eval_every_steps=2)
+  late = small_config(data_dir, checkpoint_every_steps=12, eval_every_steps=2, **given)
   run_until(late, workdir, lambda: max(train_steps(), default=0) >= 2)
   assert not glob.glob(os.path.join(ckpt, "[0-9]*"))
   # 2. Rerun (the same config but for the checkpoint interval, which may change) and kill it

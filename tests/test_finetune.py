@@ -35,10 +35,13 @@ def mock_tfds(num_examples=10):
 
 
 @pytest.fixture(scope="module")
-def pretrained(data_dir, tmp_path_factory):
+def pretrained(data_dir, pydocs_tokenizer, tmp_path_factory):
   """A 4-step pretraining run on pydocs whose encoder the fine-tuning runs start from."""
   workdir = str(tmp_path_factory.mktemp("pretrained"))
-  train_and_evaluate(small_config(data_dir, num_train_steps=4, checkpoint_every_steps=4), workdir)
+  config = small_config(
+    data_dir, num_train_steps=4, checkpoint_every_steps=4, **{"data.tokenizer": pydocs_tokenizer}
+  )
+  train_and_evaluate(config, workdir)
   return workdir
 
 

@@ -148,7 +148,7 @@ def test_cli_run_on_minilm(data_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_run_on_a_full_attention_workdir(data_dir, tmp_path):
+def test_cli_run_on_a_full_attention_workdir(data_dir, pydocs_tokenizer, tmp_path):
   from linformer.training.loop import train_and_evaluate
   from tests.helpers import small_config
 
@@ -156,7 +156,7 @@ def test_cli_run_on_a_full_attention_workdir(data_dir, tmp_path):
     data_dir,
     num_train_steps=2,
     checkpoint_every_steps=2,
-    **{"model.attention": "full", "optimizer.warmup_steps": 1},
+    **{"model.attention": "full", "optimizer.warmup_steps": 1, "data.tokenizer": pydocs_tokenizer},
   )
   train_and_evaluate(config, str(tmp_path / "run"))
   result = spectrum.run(

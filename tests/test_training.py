@@ -53,10 +53,11 @@ def test_loss_falls_and_outputs_are_written(reference):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6"]
 
 
-def test_sharded_equals_unsharded(data_dir, tmp_path):
+def test_sharded_equals_unsharded(data_dir, pydocs_tokenizer, tmp_path):
   assert jax.device_count() == 8
-  train_and_evaluate(small_config(data_dir, num_train_steps=3), str(tmp_path / "one"))
-  cfg = small_config(data_dir, num_train_steps=3)
+  given = {"data.tokenizer": pydocs_tokenizer}
+  train_and_evaluate(small_config(data_dir, num_train_steps=3, **given), str(tmp_path / "one"))
+  cfg = small_config(data_dir, num_train_steps=3, **given)
   cfg.mesh.update(data=2, fsdp=2, tensor=2)
   eight = train_and_evaluate(cfg, str(tmp_path / "eight"))
   shardings = {len(x.sharding.device_set) for x in jax.tree.leaves(eight["state"].params)}
@@ -113,9 +114,11 @@ def test_two_processes_match_one(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_divergence_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+def test_divergence_stops_and_keeps_last_good_checkpoint(data_dir, pydocs_tokenizer, tmp_path):
   # Warmup from 0 to an absurd rate: step 1 is fine (lr 0), step 2 overflows.
-  cfg = small_config(data_dir, checkpoint_every_steps=1, log_every_steps=4)
+  cfg = small_config(
+    data_dir, checkpoint_every_steps=1, log_every_steps=4, **{"data.tokenizer": pydocs_tokenizer}
+  )
   cfg.optimizer.update(lr=1e30, warmup_steps=3)
   with pytest.raises(TrainingDiverged, match="diverged at step 2.*checkpoint \\(step 1\\)"):
     train_and_evaluate(cfg, str(tmp_path))
@@ -123,10 +126,12 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
   assert manager.all_steps() == [1]
 
 
-def test_divergence_before_any_checkpoint_says_so(data_dir, tmp_path):
+def test_divergence_before_any_checkpoint_says_so(data_dir, pydocs_tokenizer, tmp_path):
   """Found at step 2 although metrics are fetched at step 12 only: the device kept the state of
   step 1 (a non-finite step changes nothing), and nothing was ever saved."""
-  cfg = small_config(data_dir, checkpoint_every_steps=12, log_every_steps=12)
+  cfg = small_config(
+    data_dir, checkpoint_every_steps=12, log_every_steps=12, **{"data.tokenizer": pydocs_tokenizer}
+  )
   cfg.optimizer.update(lr=1e30, warmup_steps=3)
   with pytest.raises(TrainingDiverged, match="diverged at step 2.*No checkpoint had been written"):
     train_and_evaluate(cfg, str(tmp_path))
@@ -163,7 +168,7 @@ def test_incompatible_workdir_names_the_fields(reference, data_dir):
 
 
 @pytest.mark.slow
-def test_gradient_accumulation_matches_one_batch(data_dir, tmp_path):
+def test_gradient_accumulation_matches_one_batch(data_dir, pydocs_tokenizer, tmp_path):
   """Two micro-batches of 8 give the update of one batch of 16 (dropout off: with dropout the
   micro-batches draw different masks by design)."""
   no_dropout = {
@@ -171,6 +176,7 @@ def test_gradient_accumulation_matches_one_batch(data_dir, tmp_path):
     "model.attention_dropout_rate": 0.0,
     "num_train_steps": 2,
     "optimizer.warmup_steps": 1,
+    "data.tokenizer": pydocs_tokenizer,
   }
   one = train_and_evaluate(small_config(data_dir, **no_dropout), str(tmp_path / "one"))
   two = train_and_evaluate(
