@@ -1,6 +1,6 @@
 r"""Causal-LM pretraining of a causal Linformer (or a full-attention decoder) on the same corpus.
 
-  python train.py --config=configs/clm.py:size=tiny --workdir=runs/clm
+  python train.py --config=configs/clm.py:size=tiny --workdir=runs/clm   # ~20-25 min, 2 CPU cores
   python eval.py --workdir=runs/clm --generate "The json module" --max_new_tokens=20
   python train.py --config=configs/clm.py:size=small,n=1024,k=256,c=128 --workdir=runs/clm_small
 

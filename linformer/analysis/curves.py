@@ -23,16 +23,18 @@ FLAGS = flags.FLAGS  # defined under __main__: importing this module defines no 
 
 
 def label_of(workdir: str) -> str:
-  """'Transformer' or 'Linformer k=.. (sharing)' with n, from the run's config."""
+  """'Transformer' or 'Linformer k=.. (sharing)' with n (and causal), from the run's config."""
   with open(os.path.join(workdir, "config.json")) as f:
     m = json.load(f)["model"]
+  causal = m.get("causal", False)
   if m["attention"] == "full":
-    return f"Transformer, n={m['max_len']}"
+    return f"{'causal ' if causal else ''}Transformer, n={m['max_len']}"
   k = "/".join(map(str, m["k"])) if isinstance(m["k"], list) else m["k"]
   sharing = "" if m["sharing"] == "none" else f", {m['sharing']}"
   init = m.get("projection_init", "normal")
   init = f", E/F init {init}" if init != "normal" else ""
-  return f"Linformer n={m['max_len']}, k={k}{sharing}{init}"
+  segments = f", causal c={m['segment_len']}" if causal else ""
+  return f"Linformer n={m['max_len']}, k={k}{sharing}{init}{segments}"
 
 
 def curves(workdirs: list[str], metric: str = "perplexity") -> dict[str, tuple[list, list]]:
