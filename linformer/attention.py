@@ -313,6 +313,7 @@ def make_projections(
 
 
 def make_projection(cfg: ModelConfig, k: int, heads: int | None, rngs: nnx.Rngs) -> SeqProjection:
+  """One E (or F) as configured; block-diagonal over segments for the causal Linformer."""
   segment = cfg.segment_len if cfg.causal else 0
   return SeqProjection(
     cfg.projection, cfg.max_len, k, heads, rngs=rngs, init=cfg.projection_init, segment=segment
@@ -320,7 +321,8 @@ def make_projection(cfg: ModelConfig, k: int, heads: int | None, rngs: nnx.Rngs)
 
 
 class SelfAttention(nnx.Module):
-  """Multi-head self-attention, Linformer or full, selected by `cfg.attention`."""
+  """Multi-head self-attention, Linformer or full (`cfg.attention`), bidirectional or causal
+  (`cfg.causal`; then `init_cache` and `step` decode one token at a time)."""
 
   def __init__(self, cfg: ModelConfig, layer: int, shared: SeqProjection | None, *, rngs: nnx.Rngs):
     self.cfg = cfg
