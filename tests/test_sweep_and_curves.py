@@ -93,6 +93,19 @@ def test_curves_plot_and_table(tmp_path):
   assert "| Linformer n=512, k=64, kv | 200 | 25.0 |" in curves.table(data, "perplexity")
 
 
+def test_runs_that_differ_only_in_learning_rate_keep_both_curves(tmp_path):
+  model = {"attention": "full", "max_len": 256, "k": 64, "sharing": "none"}
+  for name, lr, ppl in (("slow", 1e-4, (90.0, 80.0)), ("fast", 3e-4, (70.0, 60.0))):
+    _fake_run(tmp_path / name, model, ppl)
+    config = json.loads((tmp_path / name / "config.json").read_text())
+    (tmp_path / name / "config.json").write_text(json.dumps({**config, "optimizer": {"lr": lr}}))
+  data = curves.curves([str(tmp_path / "slow"), str(tmp_path / "fast")])
+  assert data == {
+    "Transformer, n=256, lr 0.0001": ([100, 200], [90.0, 80.0]),
+    "Transformer, n=256, lr 0.0003": ([100, 200], [70.0, 60.0]),
+  }
+
+
 def test_table2_takes_the_best_of_the_grid(tmp_path):
   from linformer.analysis import table2
 

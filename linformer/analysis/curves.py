@@ -11,6 +11,7 @@ the freeze phase and at the end, MLM accuracy and wall time.
 
 from __future__ import annotations
 
+import collections
 import glob
 import json
 import os
@@ -37,12 +38,28 @@ def label_of(workdir: str) -> str:
   return f"Linformer n={m['max_len']}, k={k}{sharing}{init}{segments}"
 
 
+def labels_of(workdirs: list[str]) -> dict[str, str]:
+  """`label_of` of each run, with the learning rate added where runs would share a label (a
+  learning-rate comparison), and the workdir's name where even that does not tell them apart."""
+  labels = {w: label_of(w) for w in workdirs}
+  for attempt in ("lr", "name"):
+    counts = collections.Counter(labels.values())
+    for w in workdirs:
+      if counts[labels[w]] > 1:
+        if attempt == "lr":
+          with open(os.path.join(w, "config.json")) as f:
+            labels[w] += f", lr {json.load(f)['optimizer']['lr']:g}"
+        else:
+          labels[w] += f" ({os.path.basename(os.path.normpath(w))})"
+  return labels
+
+
 def curves(workdirs: list[str], metric: str = "perplexity") -> dict[str, tuple[list, list]]:
-  out = {}
+  out, labels = {}, labels_of(workdirs)
   for workdir in sorted(workdirs):
     records = read_metrics(workdir, "eval")
     if records:
-      out[label_of(workdir)] = ([r["step"] for r in records], [r[metric] for r in records])
+      out[labels[workdir]] = ([r["step"] for r in records], [r[metric] for r in records])
   return out
 
 
@@ -93,6 +110,7 @@ def recovery_table(workdirs: list[str], at: int | None = None) -> str:
     "| wall time |",
     "|---|---|---|" + ("---|" if at else "") + "---|---|---|",
   ]
+  labels = labels_of(workdirs)
   for workdir in sorted(workdirs):
     records = {r["step"]: r for r in read_metrics(workdir, "eval")}
     if not records:
@@ -107,7 +125,7 @@ def recovery_table(workdirs: list[str], at: int | None = None) -> str:
     cell = lambda r: f"{r['perplexity']:.1f}" if r else "—"
     extra = f" {cell(records.get(at))} |" if at else ""
     rows.append(
-      f"| {label_of(workdir)} | {cell(records.get(0))} | {cell(records.get(freeze))} ({freeze}) |"
+      f"| {labels[workdir]} | {cell(records.get(0))} | {cell(records.get(freeze))} ({freeze}) |"
       f"{extra} {last['perplexity']:.1f} ({max(records)}) | {last['accuracy']:.3f} | "
       f"{minutes:.1f} min |"
     )
