@@ -23,12 +23,7 @@ KNOWN_ARGS = ("size", "n", "k", "c", "sharing", "projection", "attention", "step
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = pretrain.parse_arg(arg)
-  unknown = sorted(set(args) - set(KNOWN_ARGS))
-  if unknown:
-    raise ValueError(
-      f"configs/clm.py: unknown config-string key(s) {unknown}; known: {KNOWN_ARGS}."
-    )
+  args = pretrain.parse_arg(arg, KNOWN_ARGS, "configs/clm.py")
   c = args.pop("c", None)
   config = pretrain.get_config(",".join(f"{key}={value}" for key, value in args.items()))
   config.task = "clm"

@@ -37,7 +37,7 @@ KNOWN_ARGS = (
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = pretrain.parse_arg(arg)
+  args = pretrain.parse_arg(arg, KNOWN_ARGS + ("task",), "configs/finetune.py")
   if "task" in args:
     if "dataset" in args:
       raise ValueError("configs/finetune.py: give dataset= only (task= is its old spelling).")
@@ -46,11 +46,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       args["task"],
     )
     args["dataset"] = args.pop("task")
-  unknown = sorted(set(args) - set(KNOWN_ARGS))
-  if unknown:
-    raise ValueError(
-      f"configs/finetune.py: unknown config-string key(s) {unknown}; known: {KNOWN_ARGS}."
-    )
   dataset = args.get("dataset", "sst2")
   datasets.get_dataset_spec(dataset)  # unknown names fail here, listing the known ones
   model_args = ",".join(f"{k}={args[k]}" for k in pretrain.KNOWN_ARGS if k in args)

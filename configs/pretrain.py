@@ -50,13 +50,17 @@ SIZES = {
 # fmt: on
 
 
-def parse_arg(arg: str | None) -> dict[str, str]:
+def parse_arg(arg: str | None, known: tuple[str, ...] | None = None, source: str = "") -> dict:
+  """'k1=v1,k2=v2' as a dict; with `known`, any other key is an error naming `source`."""
   if not arg:
     return {}
   pairs = [kv.split("=", 1) for kv in arg.split(",") if kv]
   bad = [kv for kv in pairs if len(kv) != 2]
   if bad:
     raise ValueError(f"Config string {arg!r}: expected key=value pairs separated by commas.")
+  unknown = sorted(set(dict(pairs)) - set(known or dict(pairs)))
+  if unknown:
+    raise ValueError(f"{source}: unknown config-string key(s) {unknown}; known: {known}.")
   return dict(pairs)
 
 
@@ -72,12 +76,7 @@ KNOWN_ARGS = ("size", "n", "k", "sharing", "projection", "attention", "steps", "
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg)
-  unknown = sorted(set(args) - set(KNOWN_ARGS))
-  if unknown:
-    raise ValueError(
-      f"configs/pretrain.py: unknown config-string key(s) {unknown}; known: {KNOWN_ARGS}."
-    )
+  args = parse_arg(arg, KNOWN_ARGS, "configs/pretrain.py")
   size = args.get("size", "tiny")
   if size not in SIZES:
     raise ValueError(f"configs/pretrain.py: size={size!r} unknown; use one of {list(SIZES)}.")

@@ -41,12 +41,7 @@ KNOWN_ARGS = (
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = pretrain.parse_arg(arg)
-  unknown = sorted(set(args) - set(KNOWN_ARGS))
-  if unknown:
-    raise ValueError(
-      f"configs/uptrain.py: unknown config-string key(s) {unknown}; known: {KNOWN_ARGS}."
-    )
+  args = pretrain.parse_arg(arg, KNOWN_ARGS, "configs/uptrain.py")
   n = int(args.get("n", 512))
   k = args.get("k", str(max(n // 4, 1)))
   steps = int(args.get("steps", 600))
