@@ -5,15 +5,21 @@ r"""Evaluates a run's checkpoint, or predicts with it.
   python eval.py --workdir=runs/sst2 --best --split=validation
   python eval.py --workdir=runs/sst2 --text "a gripping film"
   python eval.py --workdir=runs/mnli --text "A man sleeps." --text_pair "A person rests."
+  python eval.py --workdir=runs/sst2 --predict_file=test.tsv --out=predictions.jsonl
   python eval.py --workdir=runs/tiny --fill_mask "The <mask> module encodes JSON."
   python eval.py --workdir=runs/clm --generate "The json module" --max_new_tokens=20
   python eval.py --workdir=runs/base --mesh=data=1,fsdp=1,tensor=1   # on fewer devices
 
-Prediction uses the best checkpoint of a fine-tuning run when it has one. The checkpoint is
-restored onto the run's mesh if this machine has its devices, else onto every device here on
-the data axis (a run trained on 8 devices evaluates on 1), or onto --mesh.
+Prediction uses the best checkpoint of a fine-tuning run when it has one. --predict_file reads a
+TSV, CSV or JSON-lines file (or glob, optionally gzipped) with the run's text columns, writes one
+JSON line per example to --out (index, label id and name, probabilities; the score for a
+regression) and, when the file has the label column, prints the dataset's metrics on it.
 
-A bad flag, a workdir that holds no run, a split the task lacks or a step without a checkpoint
+The checkpoint is restored onto the run's mesh if this machine has its devices, else onto every
+device here on the data axis (a run trained on 8 devices evaluates on 1), or onto --mesh.
+
+A bad flag, a workdir that holds no run, a split the task lacks, a step without a checkpoint or
+a --predict_file that cannot be read (checked whole before anything is restored or written)
 prints one line and exits with status 2 (--traceback: the full trace).
 """
 
@@ -21,6 +27,7 @@ import json
 import os
 import sys
 
+import numpy as np
 from absl import flags, logging
 
 from linformer import cli
@@ -51,6 +58,14 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
   flags.DEFINE_string(
     "text_pair", None, "Second text, for pair datasets (MNLI, QQP, ...).", **define
   )
+  flags.DEFINE_string(
+    "predict_file",
+    None,
+    "Predict every example of this TSV / CSV / JSON-lines file or glob (fine-tuning runs); "
+    "needs --out.",
+    **define,
+  )
+  flags.DEFINE_string("out", None, "--predict_file: the JSON-lines file to write.", **define)
   flags.DEFINE_string(
     "fill_mask",
     None,
@@ -88,6 +103,7 @@ def check_flags(fv: flags.FlagValues, config) -> None:
   """The flags against each other and against the run, before anything is restored."""
   task, workdir = config.get("task"), fv.workdir
   _check_generate_flags(fv, task, workdir)
+  _check_predict_file_flags(fv, task, workdir)
   if fv.fill_mask is not None and fv.text is not None:
     raise cli.UsageError("--fill_mask and --text: give one of them.")
   if fv.text_pair is not None and fv.text is None:
@@ -131,6 +147,35 @@ def check_flags(fv: flags.FlagValues, config) -> None:
     )
   if fv.step is not None and fv.step < 0:
     raise cli.UsageError(f"--step={fv.step}: give a checkpoint step >= 0.")
+
+
+def _check_predict_file_flags(fv: flags.FlagValues, task: str, workdir: str) -> None:
+  if fv.predict_file is None:
+    if fv.out is not None:
+      raise cli.UsageError("--out applies to --predict_file; give the file to predict too.")
+    return
+  for other in ("text", "fill_mask", "generate"):
+    if fv[other].value is not None:
+      raise cli.UsageError(f"--predict_file and --{other}: give one of them.")
+  if fv.split or fv.num_eval_steps is not None:
+    raise cli.UsageError("--split and --num_eval_steps apply to evaluation, not prediction.")
+  if task != "finetune":
+    raise cli.UsageError(
+      f"--predict_file: {workdir} is a {task} run; prediction needs a fine-tuning run."
+    )
+  if not fv.out:
+    raise cli.UsageError(
+      "--predict_file needs --out, the JSON-lines file to write, e.g. --out=predictions.jsonl."
+    )
+  out = os.path.abspath(fv.out)
+  if os.path.isdir(out):
+    raise cli.UsageError(f"--out={fv.out} is a directory. Fix: name a file in it.")
+  if not os.path.isdir(os.path.dirname(out)):
+    raise cli.UsageError(
+      f"--out={fv.out}: the directory {os.path.dirname(out)} does not exist. Fix: create it."
+    )
+  if not os.access(os.path.dirname(out), os.W_OK):
+    raise cli.UsageError(f"--out={fv.out}: {os.path.dirname(out)} is not writable.")
 
 
 def _check_generate_flags(fv: flags.FlagValues, task: str, workdir: str) -> None:
@@ -196,6 +241,8 @@ def main(fv: flags.FlagValues) -> int:
         + "  ".join(f"{c['token']} {c['probability']:.3f}" for c in mask["candidates"])
       )
     return 0
+  if fv.predict_file is not None:
+    return _predict_file(fv, config, mesh)
   if fv.text is not None:
     best = fv.best or (fv.step is None and os.path.isdir(os.path.join(fv.workdir, "best")))
     _, trainer, state = restore_run(fv.workdir, fv.step, config, best=best, mesh=mesh)
@@ -209,6 +256,35 @@ def main(fv: flags.FlagValues) -> int:
   num = config.num_eval_steps if fv.num_eval_steps is None else fv.num_eval_steps
   metrics = evaluate(trainer, state, num, fv.split)
   print(json.dumps({"workdir": fv.workdir, "step": int(state.step), **metrics}, indent=2))
+  return 0
+
+
+def _predict_file(fv: flags.FlagValues, config, mesh) -> int:
+  """Predictions for every example of --predict_file, written to --out; metrics if labelled."""
+  import jax
+
+  from linformer.tasks import get_task
+  from linformer.training.loop import eval_outputs, restore_run
+
+  task = get_task(config)  # read and check the whole file before restoring anything
+  source = task.read_predict_file(fv.predict_file)
+  best = fv.best or (fv.step is None and os.path.isdir(os.path.join(fv.workdir, "best")))
+  _, trainer, state = restore_run(fv.workdir, fv.step, config, best=best, mesh=mesh)
+  batches, num_batches = trainer.task.predict_batches(source)
+  outputs = eval_outputs(trainer, state, batches, total=num_batches, desc="predict")
+  logits = np.concatenate([o["logits"] for o in outputs])[: len(source)]
+  if jax.process_index() == 0:
+    tmp = fv.out + ".tmp"
+    with open(tmp, "w") as f:
+      for index, record in enumerate(trainer.task.predictions(logits)):
+        f.write(json.dumps({"index": index, **record}) + "\n")
+    os.replace(tmp, fv.out)
+    print(f"Wrote {len(source)} predictions of {fv.predict_file} to {fv.out}.")
+  if source.has_labels:
+    metrics = trainer.task.metrics_of(outputs)
+    print(
+      json.dumps({"predict_file": fv.predict_file, "examples": len(source), **metrics}, indent=2)
+    )
   return 0
 
 

@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     args["dataset"] = args.pop("task")
   dataset = args.get("dataset", "sst2")
-  datasets.get_dataset_spec(dataset)  # unknown names fail here, listing the known ones
+  datasets.check_dataset_name(dataset)  # unknown names fail here, listing the known ones
   model_args = ",".join(f"{k}={args[k]}" for k in pretrain.KNOWN_ARGS if k in args)
   base = pretrain.get_config(model_args)
 

@@ -308,7 +308,74 @@ def _check_finetune_data(config) -> None:
       f"use one of {encoding.PAIR_TEMPLATES}",
     )
   _integer(config, "data.head_tokens", 0, "e.g. 128")
+  _check_files_fields(config, spec)
   _check_common_data(config)
+
+
+def _check_files_fields(config, spec) -> None:
+  """config.data.files names splits the run reads; dataset=files says what its columns are."""
+  from linformer.data import classification
+  from linformer.data.datasets import FILES
+  from linformer.data.pipeline import split_names
+
+  d = config.data
+  files = d.get("files") or {}
+  reads = {name for split in classification.read_splits(spec) for name in split_names(split)}
+  for key in files:
+    if files[key] and key not in reads:
+      _fail(
+        f"data.files.{key}",
+        files[key],
+        f"{spec.name} does not read a split {key!r} (it reads {', '.join(sorted(reads))})",
+        "set the file of one of those splits, or leave this one out",
+      )
+  for field in ("train_examples", "eval_examples", "subset_seed"):
+    _integer(config, f"data.{field}", 0, "0 uses every example" if field != "subset_seed" else "0")
+  if spec.name != FILES:
+    return
+  if not files.get("train"):
+    _fail("data.files.train", files.get("train"), "dataset='files' trains on a file", "give one")
+  if not (files.get("validation") or files.get("test")):
+    _fail(
+      "data.files.validation",
+      files.get("validation"),
+      "dataset='files' is evaluated on a file",
+      "give config.data.files.validation (or .test)",
+    )
+  fields = d.get("text_fields")
+  if (
+    isinstance(fields, str)
+    or not isinstance(fields, (tuple, list))
+    or len(fields) not in (1, 2)
+    or not all(isinstance(f, str) and f.strip() for f in fields)
+  ):
+    _fail("data.text_fields", fields, "give one or two column names", "e.g. \"('sentence',)\"")
+  if not isinstance(d.get("label_field"), str) or not d.label_field.strip():
+    _fail("data.label_field", d.get("label_field"), "must be a column name", "e.g. label")
+  if d.label_field in fields:
+    _fail("data.label_field", d.label_field, "is also a text field", "name the label column")
+  names = d.get("label_names") or ()
+  if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+    _fail("data.label_names", names, "give a tuple of class names", "e.g. \"('neg', 'pos')\"")
+  if len(set(names)) != len(names):
+    _fail("data.label_names", names, "has a repeated name", "give each class once")
+  num = d.get("num_labels")
+  if num is not None:
+    if not _is_int(num) or num < 1:
+      _fail("data.num_labels", num, "must be 1 (regression) or the number of classes", "or None")
+    if num == 1 and names:
+      _fail("data.num_labels", num, "a regression has no label_names", "leave label_names out")
+    if num > 1 and names and num != len(names):
+      _fail("data.num_labels", num, f"label_names has {len(names)} names", "leave it out (None)")
+    if num > 1 and not names:
+      _fail(
+        "data.num_labels",
+        num,
+        "classes need their names (or labels read from the train file)",
+        "leave num_labels out, or give label_names",
+      )
+  if len(names) == 1:
+    _fail("data.label_names", names, "one class cannot be learnt", "give two or more")
 
 
 def _check_common_data(config) -> None:
@@ -341,10 +408,12 @@ def _load_tokenizer(path: str):
 # The data.
 
 
-def check_data(config, workdir: Workdir, has_source: bool = False) -> None:
+def check_data(config, workdir: Workdir, has_source: bool = False):
   """The dataset is known and prepared (the project's builders are prepared here, into
   config.data.data_dir), its splits and features exist, a pretraining corpus is text, and a
-  fine-tuning run has a tokenizer. `has_source`: config.init_from gives weights and tokenizer."""
+  fine-tuning run has a tokenizer; fine-tuning files are read whole. `has_source`:
+  config.init_from gives weights and tokenizer. Returns the config with what the data decides
+  (dataset=files's labels, when read from its train file)."""
   d = config.data
   if config.task in PRETRAINING:
     from linformer.data import sources
@@ -361,10 +430,17 @@ def check_data(config, workdir: Workdir, has_source: bool = False) -> None:
     trains_tokenizer = not (has_source or d.get("tokenizer") or workdir.has_tokenizer)
     if trains_tokenizer and d.vocab_size < CHECKED_VOCAB_SIZE:
       _check_vocab_size(d, train)
-    return
+    return config
   from linformer.data import classification
   from linformer.data.datasets import spec_from_config
+  from linformer.data.pipeline import split_names
 
+  data = classification.complete_files_config(d)
+  discovered = data is not d
+  if discovered:
+    config = config.copy_and_resolve_references()
+    config.data = data
+    d = config.data
   spec = spec_from_config(d)
   if not (has_source or d.get("tokenizer") or spec.name == "listops" or workdir.has_tokenizer):
     raise ConfigError(
@@ -372,7 +448,14 @@ def check_data(config, workdir: Workdir, has_source: bool = False) -> None:
       "tokenizer and weights are used), or config.data.tokenizer to a tokenizer.json to "
       "train from scratch."
     )
-  classification.check_dataset(spec, d.get("data_dir"))
+  classification.check_dataset(spec, d.get("data_dir"), d.get("files"))
+  if discovered and _process_index() == 0:
+    print(
+      f"Labels read from {d.files[split_names(spec.train_split)[0]]}: "
+      + ", ".join(f"{i} = {name}" for i, name in enumerate(spec.label_names))
+      + " (config.data.label_names)."
+    )
+  return config
 
 
 def _check_vocab_size(d, train) -> None:
@@ -403,6 +486,12 @@ def eval_split_names(config) -> list[str]:
 
 
 # Helpers.
+
+
+def _process_index() -> int:
+  import jax
+
+  return jax.process_index()
 
 
 def _fail(field: str, value, problem: str, fix: str):

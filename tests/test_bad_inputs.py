@@ -9,6 +9,7 @@ the exit status and the single line end to end.
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -239,6 +240,134 @@ def test_bad_finetuning_config(kind, argv, name, data_dir, tmp_path, capsys):
   assert_nothing_written(workdir)
 
 
+# train.py: fine-tuning files (config.data.files, dataset=files).
+
+BAD_FILES = {
+  "no_header.tsv": b"hide new secretions from the parental units\t0\nbad film\t1\n",
+  "other_columns.tsv": b"text\tlabel\ngood\t1\n",
+  "empty.tsv": b"",
+  "header_only.tsv": b"sentence\tlabel\n",
+  "bad_label.tsv": b"sentence\tlabel\ngood\t1\nodd\t7\n",
+  "latin1.tsv": b"sentence\tlabel\ngood\t1\ncaf\xe9\t0\n",
+  "fields.tsv": b"sentence\tlabel\ngood\t1\na\ttab\t0\n",
+  "broken.jsonl": b'{"sentence": "good", "label": 1}\n{"sentence": "bad\n',
+  "list.jsonl": b'["good", 1]\n',
+  "not_gzip.tsv.gz": b"sentence\tlabel\ngood\t1\n",
+  "notes.txt": b"sentence\tlabel\ngood\t1\n",
+  "good.tsv": b"sentence\tlabel\ngood\t1\nbad\t0\n",
+  "stsb.tsv": b"sentence1\tsentence2\tlabel\na\tb\t2.5\nc\td\t6\n",
+  "one_label.tsv": b"text\tlabel\na\tx\nb\tx\n",
+  "pairs.csv": b"premise,hypothesis,label\na,b,x\nc,d,y\n",
+}
+
+FILE_CASES = [
+  (
+    "sst2",
+    ["train=/no/such/train.tsv"],
+    ["config.data.files.train='/no/such/train.tsv'", "no such file"],
+  ),
+  ("sst2", ["train=/no/such/*.tsv"], ["config.data.files.train", "matches no file"]),
+  ("sst2", ["train={dir}"], ["config.data.files.train", "is a directory"]),
+  (
+    "sst2",
+    ["train={other_columns.tsv}"],
+    ["other_columns.tsv", "no column 'sentence'", "text, label"],
+  ),
+  ("sst2", ["train={no_header.tsv}"], ["no_header.tsv", "no header line"]),
+  ("sst2", ["train={empty.tsv}"], ["empty.tsv", "is empty"]),
+  ("sst2", ["train={header_only.tsv}"], ["header_only.tsv", "no examples"]),
+  ("sst2", ["train={bad_label.tsv}"], ["bad_label.tsv line 3", "label '7'", "negative"]),
+  ("sst2", ["train={latin1.tsv}"], ["latin1.tsv line 3", "not UTF-8"]),
+  ("sst2", ["train={fields.tsv}"], ["fields.tsv line 3", "has 3 fields", "header has 2"]),
+  ("sst2", ["train={broken.jsonl}"], ["broken.jsonl line 2", "not JSON"]),
+  ("sst2", ["train={list.jsonl}"], ["list.jsonl line 1", "not an object"]),
+  ("sst2", ["train={not_gzip.tsv.gz}"], ["not_gzip.tsv.gz", "not a complete gzip file"]),
+  ("sst2", ["train={notes.txt}"], ["config.data.files.train", "unknown file format '.txt'"]),
+  (
+    "sst2",
+    ["train={good.tsv}", "validation={bad_label.tsv}"],
+    ["config.data.files.validation", "line 3"],
+  ),
+  ("sst2", ["test={good.tsv}"], ["config.data.files.test", "does not read a split 'test'"]),
+  ("stsb", ["train={stsb.tsv}"], ["stsb.tsv line 3", "regression label '6'", "[0.0, 5.0]"]),
+  ("files", ["train={good.tsv}"], ["config.data.files.validation", ".test"]),
+  ("files", ["validation={good.tsv}"], ["config.data.files.train"]),
+  (
+    "files",
+    ["train={one_label.tsv}", "validation={one_label.tsv}"],
+    ["one_label.tsv", "one label only"],
+  ),
+  (
+    "files",
+    ["train={good.tsv}", "validation={good.tsv}"],
+    ["good.tsv", "no column 'text'", "sentence, label"],
+  ),
+  (
+    "files",
+    ["train={pairs.csv}", "validation={pairs.csv}", "--config.data.text_fields=()"],
+    ["config.data.text_fields"],
+  ),
+  (
+    "files",
+    ["train={pairs.csv}", "validation={pairs.csv}", "--config.data.label_names=('x',)"],
+    ["config.data.label_names"],
+  ),
+  (
+    "files",
+    [
+      "train={pairs.csv}",
+      "validation={pairs.csv}",
+      "--config.data.num_labels=3",
+      "--config.data.label_names=('x','y')",
+    ],
+    ["config.data.num_labels=3"],
+  ),
+  (
+    "files",
+    ["train={pairs.csv}", "validation={pairs.csv}", "--config.data.label_field=text"],
+    ["config.data.label_field='text'"],
+  ),
+  (
+    "sst2",
+    ["train={good.tsv}", "--config.data.train_split=train[:x]"],
+    ["config.data.train_split='train[:x]'"],
+  ),
+  (
+    "sst2",
+    ["train={good.tsv}", "--config.data.train_examples=-1"],
+    ["config.data.train_examples=-1"],
+  ),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+  root = tmp_path_factory.mktemp("bad_files")
+  for name, data in BAD_FILES.items():
+    (root / name).write_bytes(data)
+  (root / "a_directory").mkdir()
+  return {**{name: str(root / name) for name in BAD_FILES}, "dir": str(root / "a_directory")}
+
+
+def file_flags(args, paths):
+  """'split={name}' -> --config.data.files.split=PATH of that bad file; flags as they are."""
+  expand = lambda value: re.sub(r"\{([^}]+)\}", lambda m: paths[m.group(1)], value)
+  return [expand(a) if a.startswith("--") else "--config.data.files." + expand(a) for a in args]
+
+
+@pytest.mark.parametrize(
+  "kind,args,names", FILE_CASES, ids=[f"{c[0]} {' '.join(c[1])}" for c in FILE_CASES]
+)
+def test_bad_finetuning_files(
+  kind, args, names, bad_files, tokenizer_json, data_dir, tmp_path, capsys
+):
+  workdir = str(tmp_path / "run")
+  flags = [f"--config.data.tokenizer={tokenizer_json}", *file_flags(args, bad_files)]
+  code, err = run_train(capsys, workdir, *flags, kind=kind, data_dir=data_dir)
+  assert_refused(code, err, *names)
+  assert_nothing_written(workdir)
+
+
 # train.py: workdir states and flags.
 
 
@@ -359,6 +488,12 @@ EVAL_CASES = [
   ("mlm", ["--generate=a", "--temperature=-1"], "--temperature=-1"),
   ("mlm", ["--generate=a", "--top_k=-2"], "--top_k=-2"),
   ("mlm", ["--max_new_tokens=5"], "--max_new_tokens applies to --generate"),
+  ("sst2", ["--predict_file=x.tsv"], "--predict_file needs --out"),
+  ("sst2", ["--out=p.jsonl"], "--out applies to --predict_file"),
+  ("mlm", ["--predict_file=x.tsv", "--out=p.jsonl"], "prediction needs a fine-tuning run"),
+  ("sst2", ["--predict_file=x.tsv", "--out=/no/dir/p.jsonl"], "/no/dir does not exist"),
+  ("sst2", ["--predict_file=x.tsv", "--out=p.jsonl", "--text=a"], "--predict_file and --text"),
+  ("sst2", ["--predict_file=x.tsv", "--out=p.jsonl", "--split=validation"], "--split"),
 ]
 
 
@@ -369,6 +504,25 @@ def test_bad_eval_flags(run, argv, name, fake_runs, capsys):
   code = eval_cli.run(["eval.py", f"--workdir={workdir}", *argv])
   assert_refused(code, capsys.readouterr().err, name, "eval.py: error:")
   assert listing(workdir) == before
+
+
+@pytest.mark.parametrize(
+  "name,names",
+  [
+    ("missing.tsv", ["--predict_file='{path}'", "no such file"]),
+    ("other_columns.tsv", ["--predict_file", "no column 'sentence'", "text, label"]),
+    ("bad_label.tsv", ["--predict_file", "bad_label.tsv line 3", "label '7'"]),
+    ("latin1.tsv", ["--predict_file", "not UTF-8"]),
+  ],
+)
+def test_bad_predict_file(name, names, bad_files, fake_runs, tmp_path, capsys):
+  """The whole file is read and checked before the checkpoint is restored or --out written."""
+  path = bad_files.get(name, str(tmp_path / name))
+  out = tmp_path / "predictions.jsonl"
+  argv = [f"--workdir={fake_runs['sst2']}", f"--predict_file={path}", f"--out={out}"]
+  code = eval_cli.run(["eval.py", *argv])
+  assert_refused(code, capsys.readouterr().err, *(n.format(path=path) for n in names))
+  assert not out.exists()
 
 
 def test_eval_of_a_workdir_without_a_run(tmp_path, capsys):

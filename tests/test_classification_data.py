@@ -465,7 +465,8 @@ def test_unknown_dataset_lists_the_known_ones(bert_tokenizer):
     ValueError,
     match=(
       r"config\.data\.dataset='sst5': unknown dataset\. Known datasets: cola, "
-      r"imdb, listops, mnli, mrpc, qnli, qqp, rte, sst2, stsb, wnli\."
+      r"imdb, listops, mnli, mrpc, qnli, qqp, rte, sst2, stsb, wnli, or 'files' \(your own, "
+      r"from config\.data\.files\)\."
     ),
   ):
     build("sst5", bert_tokenizer)

@@ -133,6 +133,41 @@ def test_table2_takes_the_best_of_the_grid(tmp_path):
   )
 
 
+def test_table2_per_run_rows(tmp_path):
+  """A run's budget, summed train time, last and best accuracy, and the paper's number at the
+  same k / n and sharing (n = 128, k = 32 sits beside the paper's n = 512, k = 128)."""
+  from linformer.analysis import table2
+
+  def run(name, model, data, accs):
+    d = tmp_path / name
+    d.mkdir()
+    config = {"task": "finetune", "batch_size": 32, "data": data, "model": model}
+    (d / "config.json").write_text(json.dumps(config))
+    evals = [{"step": 100 * (i + 1), "validation/accuracy": a} for i, a in enumerate(accs)]
+    best = max(evals, key=lambda e: e["validation/accuracy"])
+    results = {"main_metric": "validation/accuracy", "best": best, "evaluations": evals}
+    (d / "results.json").write_text(json.dumps(results))
+    lines = [{"step": s, "kind": "train", "loss": 1.0, "seconds": 90.0} for s in (100, 200)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return str(d)
+
+  sst2 = {"dataset": "sst2", "train_examples": 0, "eval_examples": 0}
+  lin = {"attention": "linformer", "max_len": 128, "k": 32, "sharing": "layerwise"}
+  full = {"attention": "full", "max_len": 128, "k": 32, "sharing": "none"}
+  rows = [
+    table2.run_row(run("lin", lin, sst2, [0.85, 0.83])),
+    table2.run_row(run("full", full, {**sst2, "train_examples": 1000}, [0.8, 0.9])),
+  ]
+  assert rows[0]["paper"] == 93.2 and rows[1]["paper"] == 93.1
+  assert (rows[0]["last"], rows[0]["best"], rows[0]["minutes"]) == pytest.approx((83, 85, 3))
+  text = table2.per_run_markdown(rows)
+  assert text.splitlines()[2] == (
+    "| sst2 | full attention | 128 | 200 x 32 | 1000 | all (validation) | 3 min "
+    "| 90.0 / 90.0 | 93.1 |"
+  )
+  assert table2.run_row(str(tmp_path / "nothing")) is None
+
+
 def test_recovery_table_reads_step_zero_the_freeze_and_the_end(tmp_path):
   run = tmp_path / "up"
   os.makedirs(run)

@@ -1,10 +1,16 @@
 r"""Table 2: fine-tuning results of a sweep, best over the grid, beside the paper's numbers.
 
   python -m linformer.analysis.table2 --runs='runs/table2/*/*'
+  python -m linformer.analysis.table2 --runs='runs/table2/*' --per_run   # one row per run
 
 Each run is a fine-tuning workdir (results.json, config.json). Runs are grouped by model (n,
 attention, k, sharing) and dataset; a cell is the best main accuracy over the runs of its group
 (the learning-rate x batch grid), as RoBERTa reports. QQP is scored by accuracy, as in the paper.
+
+`--per_run` lists each run instead: its model, budget (steps x batch, train and eval examples),
+training wall time (summed from metrics.jsonl), its last and best accuracy, and the paper's
+number for the same k / n ratio and sharing at n = 512 (a run at n = 128, k = 32 is set beside
+the paper's k = 128).
 """
 
 from __future__ import annotations
@@ -86,9 +92,87 @@ def markdown(table: dict) -> str:
   return "\n".join(rows)
 
 
+def paper_number(model: dict, dataset: str) -> float | None:
+  """The paper's accuracy for the same k / n and sharing at n = 512 (None if it has no row)."""
+  if dataset not in DATASETS:
+    return None
+  if model["attention"] == "full":
+    key = (512, "RoBERTa-base")
+  else:
+    k = model["k"] if isinstance(model["k"], int) else None
+    if k is None or (512 * k) % model["max_len"]:
+      return None
+    key = (512, f"k={512 * k // model['max_len']}{SHARING[model['sharing']]}")
+  row = PAPER.get(key)
+  return row[DATASETS.index(dataset)] if row else None
+
+
+def run_row(workdir: str) -> dict | None:
+  """One run's model, budget, time and accuracy; None for a directory that is not a finished
+  fine-tuning run."""
+  paths = {f: os.path.join(workdir, f"{f}.json") for f in ("config", "results")}
+  if not all(os.path.exists(p) for p in paths.values()):
+    return None
+  with open(paths["config"]) as f:
+    config = json.load(f)
+  with open(paths["results"]) as f:
+    results = json.load(f)
+  if config.get("task") != "finetune" or not results.get("evaluations"):
+    return None
+  from linformer.training.metric_writer import read_metrics
+
+  records = read_metrics(workdir)
+  seconds = sum(r.get("seconds", 0.0) for r in records if r.get("kind") == "train")
+  model, data = config["model"], config["data"]
+  dataset = data.get("task") or data.get("dataset")
+  metric = results["main_metric"]
+  last = results["evaluations"][-1]
+  steps = last["step"]
+  return {
+    "run": os.path.basename(os.path.normpath(workdir)),
+    "dataset": dataset,
+    "model": "full attention"
+    if model["attention"] == "full"
+    else f"Linformer k={model['k']}, sharing {model['sharing']}",
+    "n": model["max_len"],
+    "steps": steps,
+    "batch": config["batch_size"],
+    "train_examples": data.get("train_examples") or "all",
+    "eval_examples": data.get("eval_examples") or "all",
+    "metric": metric,
+    "last": 100 * last[metric],
+    "best": 100 * results["best"][metric],
+    "minutes": seconds / 60,
+    "paper": paper_number(model, dataset),
+  }
+
+
+def per_run_markdown(rows: list[dict]) -> str:
+  lines = [
+    "| dataset | model | n | steps x batch | train examples | eval examples | train time "
+    "| accuracy (last / best) | paper |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in sorted(
+    rows, key=lambda r: (r["dataset"], r["n"], r["model"] != "full attention", r["run"])
+  ):
+    paper = "-" if r["paper"] is None else f"{r['paper']}"
+    minutes = f"{r['minutes']:.0f} min" if r["minutes"] else "-"  # runs before `seconds` was logged
+    lines.append(
+      f"| {r['dataset']} | {r['model']} | {r['n']} | {r['steps']} x {r['batch']} | "
+      f"{r['train_examples']} | {r['eval_examples']} ({r['metric'].split('/')[0]}) | "
+      f"{minutes} | {r['last']:.1f} / {r['best']:.1f} | {paper} |"
+    )
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
-  text = markdown(collect([d for d in glob.glob(FLAGS.runs) if os.path.isdir(d)]))
+  workdirs = sorted(d for d in glob.glob(FLAGS.runs) if os.path.isdir(d))
+  if FLAGS.per_run:
+    text = per_run_markdown([r for r in map(run_row, workdirs) if r])
+  else:
+    text = markdown(collect(workdirs))
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
       f.write(text + "\n")
@@ -98,5 +182,6 @@ def main(argv):
 if __name__ == "__main__":
   flags.DEFINE_string("runs", None, "Glob of fine-tuning run directories (quote it).")
   flags.DEFINE_string("out", None, "Markdown file to write (also printed).")
+  flags.DEFINE_bool("per_run", False, "One row per run (model, budget, time, accuracy).")
   flags.mark_flags_as_required(["runs"])
   app.run(main)

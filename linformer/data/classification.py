@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import types
 from collections.abc import Iterator, Sequence
 
 import grain
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 
 # tfds imports its dataset modules lazily and, without TensorFlow, never
 # imports the legacy ones: this registers `glue` (`imdb_reviews` and `lm1b`
@@ -43,8 +45,9 @@ import numpy as np
 import tensorflow_datasets.text  # noqa: F401  (registers glue)
 
 from linformer.config import ConfigError
+from linformer.data import files as files_lib
 from linformer.data import pipeline
-from linformer.data.datasets import DatasetSpec, spec_from_config
+from linformer.data.datasets import FILES, DatasetSpec, dataset_name, files_spec, spec_from_config
 from linformer.data.encoding import EncodeExample, Template, resolve_truncation, template_for
 from linformer.data.tokenizer import Tokenizer
 
@@ -87,13 +90,83 @@ def _builder(spec: DatasetSpec, data_dir: str | None):
   return pipeline.open_builder(spec.tfds_name, data_dir, field)
 
 
-def open_split(spec: DatasetSpec, split: str, data_dir: str | None = None, builder=None):
-  """The random-access TFDS data source of `spec.tfds_name[split]`.
+class _Builder:
+  """The dataset's TFDS builder, opened on first use: a run whose splits all come from files
+  never needs TFDS (nor the dataset prepared)."""
 
-  Prepares the project's ListOps if needed (any other dataset must be prepared already:
+  def __init__(self, spec: DatasetSpec, data_dir: str | None):
+    self.spec, self.data_dir, self._builder = spec, data_dir, None
+
+  @property
+  def opened(self) -> bool:
+    return self._builder is not None
+
+  def get(self):
+    if self._builder is None:
+      self._builder = _builder(self.spec, self.data_dir)
+    return self._builder
+
+
+def file_for(spec: DatasetSpec, split: str, files) -> str | None:
+  """The `config.data.files` key of `split` ('train[:10%]' -> 'train') if it has a file, else
+  None (TFDS). A split made of file and TFDS parts is refused."""
+  names = pipeline.split_names(split)
+  given = [bool((files or {}).get(n)) for n in names]
+  if not any(given):
+    if spec.name == FILES:
+      raise ConfigError(
+        f"config.data.files.{names[0]} is not set: dataset='files' reads every split from a "
+        f"file. Fix: --config.data.files.{names[0]}=PATH."
+      )
+    return None
+  if not all(given) or len(set(names)) > 1:
+    raise ConfigError(
+      f"config.data.train_split={split!r} combines several splits; with config.data.files "
+      "give one split, optionally sliced (train[:50%])."
+    )
+  return names[0]
+
+
+def label_map(spec: DatasetSpec) -> files_lib.LabelMap:
+  return files_lib.LabelMap(spec.label_names, spec.num_labels, spec.label_range)
+
+
+def open_file_split(spec: DatasetSpec, split: str, files, *, require_labels: bool = True):
+  """The examples of `split` read from its file (`config.data.files`), sliced as TFDS slices
+  ('train[:10%]', 'train[100:200]')."""
+  key = file_for(spec, split, files)
+  field = f"config.data.files.{key}"
+  table = files_lib.read_table(files[key], field)
+  source = files_lib.FileSource(
+    table, spec.text_fields, spec.label_field, label_map(spec), field, require_labels=require_labels
+  )
+  if split == key:
+    return source
+  try:
+    instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(
+      {key: types.SimpleNamespace(num_examples=len(source))}
+    )
+  except (ValueError, AssertionError):
+    raise ConfigError(
+      f"config.data.train_split={split!r}: not a split name with an optional slice. Fix: e.g. "
+      f"{key}, {key}[:10%] or {key}[100:200] (TFDS's slicing)."
+    ) from None
+  indices = [i for ins in instructions for i in range(len(source))[ins.from_ : ins.to]]
+  return _Subset(source, indices)
+
+
+def open_split(
+  spec: DatasetSpec, split: str, data_dir: str | None = None, builder=None, files=None
+):
+  """The random-access data source of `split`: its file if `files` (config.data.files) has one,
+  else the TFDS split `spec.tfds_name[split]`.
+
+  Prepares the project's ListOps if needed (any other TFDS dataset must be prepared already:
   `pipeline.ensure_prepared`) and checks its features and splits against the spec.
   """
-  builder = builder or _builder(spec, data_dir)
+  if file_for(spec, split, files) is not None:
+    return open_file_split(spec, split, files)
+  builder = builder.get() if isinstance(builder, _Builder) else builder or _builder(spec, data_dir)
   pipeline.ensure_prepared(builder, f"config.data.dataset={spec.name!r}", data_dir)
   features = builder.info.features
   missing = [f for f in (*spec.text_fields, spec.label_field) if f not in features]
@@ -121,13 +194,96 @@ def open_split(spec: DatasetSpec, split: str, data_dir: str | None = None, build
   return builder.as_data_source(split=split)
 
 
-def check_dataset(spec: DatasetSpec, data_dir: str | None = None) -> None:
+def read_splits(spec: DatasetSpec) -> list[str]:
+  """The splits a run of `spec` reads: its train split and its eval splits."""
+  return [spec.train_split, *(split for _, split in spec.eval_splits)]
+
+
+def check_dataset(spec: DatasetSpec, data_dir: str | None = None, files=None) -> None:
   """What `build_classification_data` needs of the dataset, checked before a run writes
   anything: it is known, prepared (ListOps is generated if need be) and has the spec's
-  features, train split and eval splits."""
-  builder = _builder(spec, data_dir)
-  for split in (spec.train_split, *(tfds_split for _, tfds_split in spec.eval_splits)):
-    open_split(spec, split, data_dir, builder)
+  features, train split and eval splits; files are read whole (every row and label)."""
+  builder = _Builder(spec, data_dir)
+  for split in read_splits(spec):
+    open_split(spec, split, data_dir, builder, files)
+
+
+def complete_files_config(config_data) -> ml_collections.ConfigDict:
+  """config.data with dataset=files's labels read from its train file when not given: the
+  sorted distinct labels become `label_names` (kept in the run's config.json, so resume and
+  prediction use the same ids). Other datasets are returned as they are."""
+  if dataset_name(config_data) != FILES or config_data.get("label_names"):
+    return config_data
+  if config_data.get("num_labels") == 1:
+    return config_data
+  spec = files_spec(config_data)
+  key = file_for(spec, spec.train_split, config_data.files)
+  field = f"config.data.files.{key}"
+  table = files_lib.read_table(config_data.files[key], field)
+  files_lib.check_columns(
+    table,
+    {**{f: "a text field" for f in spec.text_fields}, spec.label_field: "the label field"},
+    field,
+  )
+  names = files_lib.discover_labels(row[spec.label_field] for row in table.rows)
+  if len(names) < 2:
+    raise ConfigError(
+      f"{field}: {table.pattern} has one label only ({names[0]!r}) in its column "
+      f"{spec.label_field!r}. Fix: a train file with two classes or more, or "
+      "config.data.num_labels=1 for a regression."
+    )
+  config_data = config_data.copy_and_resolve_references()
+  with config_data.unlocked():
+    config_data.label_names = names
+  return config_data
+
+
+# Subsets.
+
+
+class _Subset(Sequence):
+  def __init__(self, source, indices: Sequence[int]):
+    self._source, self._indices = source, list(indices)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int):
+    return self._source[self._indices[index]]
+
+
+def balanced_subset(labels: Sequence, size: int, seed: int, *, regression: bool) -> list[int]:
+  """`size` indices of `labels`, sorted, drawn with `seed`: the same number of each class where
+  the classes have enough (a class too small gives all it has, the others the rest); a random
+  sample for regression."""
+  rng = np.random.default_rng(seed)
+  if size >= len(labels):
+    return list(range(len(labels)))
+  if regression:
+    return sorted(rng.permutation(len(labels))[:size].tolist())
+  by_class: dict = {}
+  for i, label in enumerate(labels):
+    by_class.setdefault(label, []).append(i)
+  pools = [rng.permutation(by_class[c]).tolist() for c in sorted(by_class)]
+  taken = [0] * len(pools)
+  remaining = size
+  while remaining:
+    open_pools = [j for j, pool in enumerate(pools) if taken[j] < len(pool)]
+    share = max(remaining // len(open_pools), 1)
+    for j in open_pools:
+      grant = min(share, len(pools[j]) - taken[j], remaining)
+      taken[j] += grant
+      remaining -= grant
+      if not remaining:
+        break
+  return sorted(i for pool, n in zip(pools, taken) for i in pool[:n])
+
+
+def _limit(source, size: int, spec: DatasetSpec, seed: int):
+  if not size or size >= len(source):
+    return source
+  labels = [np.asarray(source[i][spec.label_field]).item() for i in range(len(source))]
+  return _Subset(source, balanced_subset(labels, size, seed, regression=spec.is_regression))
 
 
 # The pipeline.
@@ -198,6 +354,46 @@ class ClassificationData:
     )
 
 
+def make_encoder(
+  spec: DatasetSpec, tokenizer: Tokenizer, config_data, *, seq_len: int, split: str
+) -> EncodeExample:
+  """How examples of `split` become token ids, as config.data says (template, truncation)."""
+  return EncodeExample(
+    spec,
+    tokenizer,
+    seq_len=seq_len,
+    truncation=config_data.get("truncation", "auto"),
+    head_tokens=config_data.get("head_tokens", 128),
+    template=template_for(tokenizer, config_data.get("pair_template", "auto")),
+    split=split,
+  )
+
+
+def one_pass_batches(
+  source,
+  encoder: EncodeExample,
+  per_host_batch_size: int,
+  *,
+  shard_index: int,
+  shard_count: int,
+  num_workers: int = 0,
+) -> tuple[grain.IterDataset, int, int]:
+  """(this host's batches, batches per host, real examples) of one ordered pass over `source`,
+  padded with filler rows (weight 0) to the same number of full batches on every host."""
+  num_batches = pipeline.eval_batches_per_host(len(source), per_host_batch_size, shard_count)
+  size = num_batches * per_host_batch_size * shard_count
+  ds = grain.MapDataset.source(_Indexed(source, size)).map(encoder)
+  ds = pipeline.host_batches(
+    ds,
+    per_host_batch_size,
+    drop_remainder=False,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    num_workers=num_workers,
+  )
+  return ds, num_batches, len(source)
+
+
 def build_classification_data(
   config_data: ml_collections.ConfigDict,
   tokenizer: Tokenizer,
@@ -227,58 +423,61 @@ def build_classification_data(
     raise ValueError(f"shard_index={shard_index} not in [0, {shard_count}).")
   spec = spec or spec_from_config(config_data)
   truncation = resolve_truncation(spec, config_data.get("truncation", "auto"))
-  head_tokens = config_data.get("head_tokens", 128)
   template = template_for(tokenizer, config_data.get("pair_template", "auto"))
   num_workers = config_data.get("num_workers", 0)
   data_dir = config_data.get("data_dir")
-  builder = _builder(spec, data_dir)
+  files = config_data.get("files")
+  builder = _Builder(spec, data_dir)
+  subset_seed = config_data.get("subset_seed", 0)
 
   def encoder(split):
-    return EncodeExample(
-      spec,
-      tokenizer,
-      seq_len=seq_len,
-      truncation=truncation,
-      head_tokens=head_tokens,
-      template=template,
-      split=split,
-    )
+    return make_encoder(spec, tokenizer, config_data, seq_len=seq_len, split=split)
 
-  def batches(ds, *, train):
-    return pipeline.host_batches(
-      ds,
-      per_host_batch_size,
-      drop_remainder=train,
-      shard_index=shard_index,
-      shard_count=shard_count,
-      num_workers=num_workers,
-    )
-
-  train_source = open_split(spec, spec.train_split, data_dir, builder)
+  train_source = _limit(
+    open_split(spec, spec.train_split, data_dir, builder, files),
+    config_data.get("train_examples", 0),
+    spec,
+    subset_seed,
+  )
   if len(train_source) == 0:  # pylint: disable=g-explicit-length-test
     raise ValueError(
       f"Dataset {spec.name!r}: split {spec.train_split!r} of {spec.tfds_name} is empty."
     )
   # Shuffle and repeat the global example sequence, cut it into per-host
   # batches and give host h every shard_count-th batch (as in mlm.py).
-  train = batches(
+  train = pipeline.host_batches(
     grain.MapDataset.source(_Indexed(train_source))
     .shuffle(seed=seed)
     .repeat()
     .map(encoder(spec.train_split)),
-    train=True,
+    per_host_batch_size,
+    drop_remainder=True,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    num_workers=num_workers,
   )
 
   eval_datasets = {}
   for name, split in spec.eval_splits:
-    source = open_split(spec, split, data_dir, builder)
-    num_batches = pipeline.eval_batches_per_host(len(source), per_host_batch_size, shard_count)
-    size = num_batches * per_host_batch_size * shard_count
-    ds = grain.MapDataset.source(_Indexed(source, size)).map(encoder(split))
-    eval_datasets[name] = (batches(ds, train=False), num_batches, len(source))
+    source = _limit(
+      open_split(spec, split, data_dir, builder, files),
+      config_data.get("eval_examples", 0),
+      spec,
+      subset_seed,
+    )
+    eval_datasets[name] = one_pass_batches(
+      source,
+      encoder(split),
+      per_host_batch_size,
+      shard_index=shard_index,
+      shard_count=shard_count,
+      num_workers=num_workers,
+    )
 
-  label_feature = builder.info.features[spec.label_field]
-  label_names = getattr(label_feature, "names", None) or spec.label_names
+  label_names = spec.label_names
+  if spec.name != FILES and builder.opened:  # TFDS's names, where it has them
+    label_feature = builder.get().info.features[spec.label_field]
+    label_names = getattr(label_feature, "names", None) or spec.label_names
   data = ClassificationData(
     spec,
     label_names=label_names,

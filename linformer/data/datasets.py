@@ -46,6 +46,24 @@ value.
   listops_config: builder config of the listops dataset: 'default' (LRA
     sizes) or 'small' (see linformer/data/listops.py for others).
   num_workers: grain worker processes (0: threads in this process).
+  files: split name -> a file or glob ('' : read the split from TFDS); see
+    `linformer.data.files` for the formats (TSV, CSV, JSON lines, .gz).
+  train_examples, eval_examples: 0 (all), or a fixed subset of that many
+    examples of the train split / of each eval split, drawn with
+    `subset_seed` and balanced over the classes (equal counts where the
+    classes allow), the same for every run that gives the same numbers.
+  subset_seed: the seed of those subsets (0), independent of config.seed.
+
+`dataset=files` is a dataset of your own, read from files only:
+
+  text_fields: one or two column names (('text',)), the texts to classify.
+  label_field: the label column ('label').
+  label_names: the class names, index = class id (a file's label may be a
+    name or an id); () -> the sorted distinct labels of the train file,
+    printed at start and stored in the run's config.json.
+  num_labels: None (from label_names), or 1 for a regression on float labels.
+  It is evaluated on `files.validation`, else `files.test`; its metrics are
+  accuracy (and F1 of class 1 for two classes), or Pearson and Spearman.
 """
 
 from __future__ import annotations
@@ -56,6 +74,7 @@ import ml_collections
 from absl import logging
 
 from linformer.config import ConfigError
+from linformer.data.files import SPLITS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -72,6 +91,15 @@ def default_config() -> ml_collections.ConfigDict:
       "pair_template": "auto",
       "listops_config": "default",
       "num_workers": 0,
+      "files": {split: "" for split in SPLITS},
+      "train_examples": 0,
+      "eval_examples": 0,
+      "subset_seed": 0,
+      # dataset=files only.
+      "text_fields": ("text",),
+      "label_field": "label",
+      "label_names": (),
+      "num_labels": placeholder(int),
     }
   )
 
@@ -232,12 +260,24 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def get_dataset_spec(dataset: str, *, listops_config: str = "default") -> DatasetSpec:
-  """The spec of `dataset`; ValueError listing the known datasets if unknown."""
-  if dataset not in DATASETS:
+FILES = "files"  # a dataset of your own, read from config.data.files
+
+
+def check_dataset_name(dataset: str) -> None:
+  if dataset not in DATASETS and dataset != FILES:
     raise ConfigError(
       f"config.data.dataset={dataset!r}: unknown dataset. Known datasets: "
-      f"{', '.join(sorted(DATASETS))}."
+      f"{', '.join(sorted(DATASETS))}, or {FILES!r} (your own, from config.data.files)."
+    )
+
+
+def get_dataset_spec(dataset: str, *, listops_config: str = "default") -> DatasetSpec:
+  """The spec of a registered `dataset`; ValueError listing the known datasets if unknown."""
+  check_dataset_name(dataset)
+  if dataset == FILES:
+    raise ConfigError(
+      "config.data.dataset='files' is defined by config.data (text_fields, label_field, "
+      "label_names, files): use spec_from_config."
     )
   spec = DATASETS[dataset]
   if dataset == "listops":
@@ -254,8 +294,41 @@ def dataset_name(config_data) -> str:
   return config_data.dataset
 
 
+def files_spec(d) -> DatasetSpec:
+  """The spec of `dataset=files` from config.data (num_labels 0 until the labels are known)."""
+  names = tuple(d.get("label_names") or ())
+  num_labels = d.get("num_labels") or len(names)
+  files = d.get("files") or {}
+  split = "validation" if files.get("validation") else "test" if files.get("test") else "validation"
+  if num_labels == 1:
+    metrics, main, names = (
+      ("pearson", "spearman", "pearson_and_spearman"),
+      "pearson_and_spearman",
+      (),
+    )
+  else:
+    metrics = ("accuracy", "f1") if num_labels == 2 else ("accuracy",)
+    main = "accuracy"
+  return DatasetSpec(
+    name=FILES,
+    tfds_name="",
+    text_fields=tuple(d.get("text_fields") or ()),
+    label_field=d.get("label_field") or "",
+    num_labels=num_labels,
+    label_names=names,
+    train_split="train",
+    eval_splits=((split, split),),
+    metrics=metrics,
+    main_metric=f"{split}/{main}",
+  )
+
+
 def spec_from_config(config_data) -> DatasetSpec:
   """The spec of `config.data.dataset`, with `config.data` overrides applied."""
+  if dataset_name(config_data) == FILES:
+    spec = files_spec(config_data)
+    train_split = config_data.get("train_split")
+    return dataclasses.replace(spec, train_split=train_split) if train_split else spec
   spec = get_dataset_spec(
     dataset_name(config_data), listops_config=config_data.get("listops_config", "default")
   )

@@ -90,14 +90,18 @@ def not_text_fraction(text: str) -> float:
   return bad / len(text)
 
 
+def split_names(split: str) -> list[str]:
+  """The split names of a TFDS split string: 'train[:10%]+test' -> ['train', 'test']."""
+  return [part.split("[")[0].strip() for part in split.split("+")]
+
+
 def unknown_splits(split: str, known: Sequence[str]) -> list[str]:
   """The split names in `split` ('train[:10%]+test') that are not in `known`.
 
   Empty when `known` is: only mocked builders (tests) have no splits, and
   TFDS then reports a bad split itself.
   """
-  asked = [part.split("[")[0].strip() for part in split.split("+")]
-  return [name for name in asked if known and name not in known]
+  return [name for name in split_names(split) if known and name not in known]
 
 
 class _NoVariantWarnings(logging.Filter):

@@ -56,6 +56,10 @@ class Task(abc.ABC):
   def eval_batches(self, split: str) -> Iterable[Mapping[str, np.ndarray]]:
     """This process's batches of an eval split, one pass, full size (padded, zero weight)."""
 
+  def num_eval_batches(self, split: str) -> int | None:
+    """How many batches `eval_batches(split)` gives, for the progress bar; None: unknown."""
+    return None
+
   @abc.abstractmethod
   def loss(
     self, model, batch, *, deterministic: bool, rngs: nnx.Rngs | None

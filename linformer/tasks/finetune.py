@@ -18,6 +18,7 @@ import optax
 from linformer import metrics as metrics_lib
 from linformer.config import ConfigError, ModelConfig
 from linformer.data import classification, encoding
+from linformer.data import files as files_lib
 from linformer.data.datasets import spec_from_config
 from linformer.data.tokenizer import Tokenizer
 from linformer.model import SequenceClassifier
@@ -28,12 +29,14 @@ class FinetuneTask(Task):
   name = "finetune"
   init_subtrees = ("encoder",)
 
+  def __init__(self, config):
+    super().__init__(config)
+    self.spec = spec_from_config(config.data)
+    self.main_metric = self.spec.main_metric
+
   def setup(
     self, workdir: str, per_host_batch_size: int, init_tokenizer: str | None = None
   ) -> None:
-    c = self.config
-    self.spec = spec_from_config(c.data)
-    self.main_metric = self.spec.main_metric
     self.per_host_batch_size = per_host_batch_size
     self.tokenizer = self._tokenizer(workdir, init_tokenizer)
     self._data = None
@@ -105,6 +108,9 @@ class FinetuneTask(Task):
   def eval_batches(self, split):
     return self.data.eval_batches(split)
 
+  def num_eval_batches(self, split):
+    return self.data.num_eval_batches(split)
+
   def _logits(self, model, batch, deterministic, rngs):
     types = batch.get("token_type_ids") if model.cfg.type_vocab_size else None
     return model(
@@ -143,11 +149,7 @@ class FinetuneTask(Task):
   def eval_summary(self, outputs_by_split):
     result = {}
     for split, outputs in outputs_by_split.items():
-      cat = lambda k, outputs=outputs: np.concatenate([o[k] for o in outputs])
-      predictions = metrics_lib.predictions_from_logits(cat("logits"), self.spec.num_labels)
-      scores = metrics_lib.compute_metrics(
-        self.spec.metrics, predictions, cat("labels"), weights=cat("weights")
-      )
+      scores = self.metrics_of(outputs)
       scores["loss"] = self.summarize(outputs)["loss"]
       result.update({f"{split}/{name}": value for name, value in scores.items()})
     return result
@@ -164,15 +166,56 @@ class FinetuneTask(Task):
       head_tokens=self.config.data.head_tokens,
       pair_template=self.config.data.pair_template,
     )
-    logits = np.asarray(self._logits(model, batch, True, None))[0]
+    logits = np.asarray(self._logits(model, batch, True, None))
+    return {"task": self.spec.name, **self.predictions(logits)[0]}
+
+  def predictions(self, logits: np.ndarray) -> list[dict]:
+    """One record per row of logits [N, num_labels]: the score (regression), or the label id,
+    its name and probability, and every class's probability."""
     if self.spec.is_regression:
-      return {"task": self.spec.name, "score": float(logits[0])}
-    probs = np.asarray(jax.nn.softmax(logits))
-    label = int(np.argmax(probs))
-    return {
-      "task": self.spec.name,
-      "label": label,
-      "label_name": self.spec.label_names[label],
-      "probability": float(probs[label]),
-      "probabilities": dict(zip(self.spec.label_names, map(float, probs))),
-    }
+      return [{"score": float(row[0])} for row in logits]
+    probs = np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
+    names = self.spec.label_names
+    return [
+      {
+        "label": int(np.argmax(p)),
+        "label_name": names[int(np.argmax(p))],
+        "probability": float(np.max(p)),
+        "probabilities": dict(zip(names, map(float, p))),
+      }
+      for p in probs
+    ]
+
+  # Prediction for a file (eval.py --predict_file).
+
+  def read_predict_file(self, path: str) -> files_lib.FileSource:
+    """Every example of `path` (a file or glob, any format of `linformer.data.files`) with the
+    run's text columns; the label column is optional. Read whole and checked (ConfigError)."""
+    field = "--predict_file"
+    return files_lib.FileSource(
+      files_lib.read_table(path, field),
+      self.spec.text_fields,
+      self.spec.label_field,
+      classification.label_map(self.spec),
+      field,
+      require_labels=False,
+    )
+
+  def predict_batches(self, source: files_lib.FileSource):
+    """(this host's batches, batches per host) of one ordered pass over `source`."""
+    encoder = classification.make_encoder(
+      self.spec, self.tokenizer, self.config.data, seq_len=self.config.model.max_len, split="file"
+    )
+    shard_index, shard_count = jax.process_index(), jax.process_count()
+    batches, num_batches, _ = classification.one_pass_batches(
+      source, encoder, self.per_host_batch_size, shard_index=shard_index, shard_count=shard_count
+    )
+    return batches, num_batches
+
+  def metrics_of(self, outputs) -> dict[str, float]:
+    """The dataset's metrics (`spec.metrics`) from the `eval_outputs` of a split's batches."""
+    cat = lambda k: np.concatenate([o[k] for o in outputs])
+    predictions = metrics_lib.predictions_from_logits(cat("logits"), self.spec.num_labels)
+    return metrics_lib.compute_metrics(
+      self.spec.metrics, predictions, cat("labels"), weights=cat("weights")
+    )

@@ -27,7 +27,14 @@ from linformer.training.metric_writer import MetricWriter
 from linformer.training.optimizer import make_optimizer
 from linformer.training.train_metrics import TrainingDiverged, TrainMeter, peak_flops
 
-__all__ = ["TrainingDiverged", "evaluate", "make_trainer", "restore_run", "train_and_evaluate"]
+__all__ = [
+  "TrainingDiverged",
+  "eval_outputs",
+  "evaluate",
+  "make_trainer",
+  "restore_run",
+  "train_and_evaluate",
+]
 
 
 @struct.dataclass
@@ -211,15 +218,49 @@ def evaluate(
   """Metrics on the task's eval splits (or `splits`), at most `num_batches` batches each."""
   outputs = {}
   for split in splits or trainer.task.eval_splits():
-    outputs[split] = []
-    for i, batch in enumerate(trainer.task.eval_batches(split)):
-      if 0 <= num_batches <= i:
-        break
-      out = trainer.eval_step(state, partitioning.global_batch(batch, trainer.mesh))
-      outputs[split].append(jax.tree.map(np.asarray, out))
+    outputs[split] = eval_outputs(
+      trainer,
+      state,
+      trainer.task.eval_batches(split),
+      num_batches,
+      total=trainer.task.num_eval_batches(split),
+      desc=f"eval {split}",
+    )
     if not outputs[split]:
       raise ConfigError(f"The eval split {split!r} produced no batch; check config.data.")
   return trainer.task.eval_summary(outputs)
+
+
+def eval_outputs(
+  trainer: Trainer,
+  state: TrainState,
+  batches,
+  num_batches: int = -1,
+  *,
+  total: int | None = None,
+  desc: str = "eval",
+) -> list[dict[str, np.ndarray]]:
+  """The task's `eval_outputs` of each batch (at most `num_batches`; -1: all) on the host, with
+  a progress bar over `total` batches (None: unknown) that is cleared when done."""
+  if num_batches >= 0:
+    total = num_batches if total is None else min(total, num_batches)
+  outputs = []
+  bar = tqdm(
+    total=total,
+    desc=desc,
+    unit="batch",
+    leave=False,
+    dynamic_ncols=True,
+    disable=jax.process_index() != 0,
+  )
+  with bar:
+    for i, batch in enumerate(batches):
+      if 0 <= num_batches <= i:
+        break
+      out = trainer.eval_step(state, partitioning.global_batch(batch, trainer.mesh))
+      outputs.append(jax.tree.map(np.asarray, out))
+      bar.update(1)
+  return outputs
 
 
 def _warm_start(state, source, values, notes, workdir: str):
@@ -256,7 +297,7 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
   if source is not None:
     config = source.apply_to(config)
     validation.check_model(config)  # the widths the checkpoint fixes
-  validation.check_data(config, run, has_source=source is not None)
+  config = validation.check_data(config, run, has_source=source is not None)
   task = get_task(config)
   os.makedirs(workdir, exist_ok=True)
   checkpointing.check_or_write_config(workdir, config)

@@ -61,6 +61,7 @@ class TrainMeter:
       param_norm=float(fetched[-1]["param_norm"]),
       lr=float(fetched[-1]["lr"]),
       tokens_per_sec=self.tokens / elapsed,
+      seconds=elapsed,  # wall time since the last record (evaluations between included)
     )
     if self.peak:
       summary["mfu"] = len(fetched) * self.flops_per_step / elapsed / self.peak
