@@ -6,9 +6,12 @@ r"""Fine-tuning on GLUE, IMDB or ListOps, RoBERTa's recipe, through the same loo
       --config.init_from=runs/base_n1024 --workdir=runs/imdb
   python train.py --config=configs/finetune.py:dataset=listops,size=tiny,n=512,k=64 \
       --workdir=runs/listops          # from scratch, fully offline
+  python train.py --config=configs/finetune.py:dataset=sst2 --config.init_from=runs/pretrain \
+      --config.data.files.train=SST-2/train.tsv --config.data.files.validation=SST-2/dev.tsv \
+      --workdir=runs/sst2_files       # GLUE's own TSVs instead of TFDS
 
 Config-string keys: dataset (sst2 | qnli | qqp | imdb | cola | mrpc | stsb | mnli | rte | wnli |
-listops; `task=` is its deprecated spelling), and the model keys of configs/pretrain.py (size,
+listops | files: your own, from config.data.files; `task=` is its deprecated spelling), and the model keys of configs/pretrain.py (size,
 n, k, sharing, projection, attention), which must match the pretraining run given in init_from.
 Also lr, batch, epochs.
 `sweep(add, arg)` lists the RoBERTa fine-tuning grid: lr in {1e-5, 2e-5, 3e-5} x batch in

@@ -1,7 +1,9 @@
 """The fine-tuning datasets (GLUE, IMDB, ListOps): what each reads and how it is scored.
 
 `get_dataset_spec(name)` gives a dataset's `DatasetSpec`; `spec_from_config(config.data)` the
-one a fine-tuning run uses. `linformer.data.classification` reads them as grain pipelines.
+one a fine-tuning run uses (also `dataset=files`, defined by config.data). Any split may come
+from a local file (`config.data.files`, `linformer.data.files`) instead of TFDS.
+`linformer.data.classification` reads them as grain pipelines.
 
 Datasets (`DATASETS`; `config.data.dataset`):
 

@@ -241,7 +241,8 @@ def eval_outputs(
   desc: str = "eval",
 ) -> list[dict[str, np.ndarray]]:
   """The task's `eval_outputs` of each batch (at most `num_batches`; -1: all) on the host, with
-  a progress bar over `total` batches (None: unknown) that is cleared when done."""
+  a progress bar over `total` batches (None: unknown) on a terminal, cleared when done (a log
+  file gets none: it would interleave with the training bar)."""
   if num_batches >= 0:
     total = num_batches if total is None else min(total, num_batches)
   outputs = []
@@ -251,7 +252,7 @@ def eval_outputs(
     unit="batch",
     leave=False,
     dynamic_ncols=True,
-    disable=jax.process_index() != 0,
+    disable=True if jax.process_index() != 0 else None,  # None: only on a terminal
   )
   with bar:
     for i, batch in enumerate(batches):
