@@ -154,15 +154,10 @@ def _check_predict_file_flags(fv: flags.FlagValues, task: str, workdir: str) -> 
     if fv.out is not None:
       raise cli.UsageError("--out applies to --predict_file; give the file to predict too.")
     return
-  for other in ("text", "fill_mask", "generate"):
-    if fv[other].value is not None:
-      raise cli.UsageError(f"--predict_file and --{other}: give one of them.")
-  if fv.split or fv.num_eval_steps is not None:
-    raise cli.UsageError("--split and --num_eval_steps apply to evaluation, not prediction.")
-  if task != "finetune":
-    raise cli.UsageError(
-      f"--predict_file: {workdir} is a {task} run; prediction needs a fine-tuning run."
-    )
+  _check_mode(
+    fv, "predict_file", ("text", "fill_mask", "generate"), "prediction", task, workdir,
+    "finetune", "prediction needs a fine-tuning run",
+  )  # fmt: skip
   if not fv.out:
     raise cli.UsageError(
       "--predict_file needs --out, the JSON-lines file to write, e.g. --out=predictions.jsonl."
@@ -191,16 +186,21 @@ def _check_generate_flags(fv: flags.FlagValues, task: str, workdir: str) -> None
     raise cli.UsageError(f"--temperature={fv.temperature}: give 0 (greedy) or a value > 0.")
   if fv.top_k < 0:
     raise cli.UsageError(f"--top_k={fv.top_k}: give 0 (no cut) or a number of tokens >= 1.")
-  for other in ("fill_mask", "text"):
+  _check_mode(
+    fv, "generate", ("fill_mask", "text"), "generation", task, workdir, "clm",
+    "generating text needs a causal-LM run (configs/clm.py)",
+  )  # fmt: skip
+
+
+def _check_mode(fv, flag, others, what, task, workdir, needs, why) -> None:
+  """--flag excludes the `others` flags and the evaluation flags, and needs a `needs` run."""
+  for other in others:
     if fv[other].value is not None:
-      raise cli.UsageError(f"--generate and --{other}: give one of them.")
+      raise cli.UsageError(f"--{flag} and --{other}: give one of them.")
   if fv.split or fv.num_eval_steps is not None:
-    raise cli.UsageError("--split and --num_eval_steps apply to evaluation, not generation.")
-  if task != "clm":
-    raise cli.UsageError(
-      f"--generate: {workdir} is a {task} run; generating text needs a causal-LM run "
-      "(configs/clm.py)."
-    )
+    raise cli.UsageError(f"--split and --num_eval_steps apply to evaluation, not {what}.")
+  if task != needs:
+    raise cli.UsageError(f"--{flag}: {workdir} is a {task} run; {why}.")
 
 
 def main(fv: flags.FlagValues) -> int:
