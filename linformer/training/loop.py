@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from typing import Any
 
 import jax
@@ -241,18 +242,21 @@ def eval_outputs(
   desc: str = "eval",
 ) -> list[dict[str, np.ndarray]]:
   """The task's `eval_outputs` of each batch (at most `num_batches`; -1: all) on the host, with
-  a progress bar over `total` batches (None: unknown) on a terminal, cleared when done (a log
-  file gets none: it would interleave with the training bar)."""
+  a progress bar over `total` batches (None: unknown): on a terminal below the training bar and
+  cleared when done; in a log file (nohup) on lines of its own, at most every 30 s."""
   if num_batches >= 0:
     total = num_batches if total is None else min(total, num_batches)
   outputs = []
+  terminal = sys.stderr.isatty()
   bar = tqdm(
     total=total,
     desc=desc,
     unit="batch",
-    leave=False,
+    leave=not terminal,
+    position=None if terminal else 0,  # nested bars move the cursor: garbage in a file
+    mininterval=0.1 if terminal else 30,
     dynamic_ncols=True,
-    disable=True if jax.process_index() != 0 else None,  # None: only on a terminal
+    disable=jax.process_index() != 0,
   )
   with bar:
     for i, batch in enumerate(batches):
