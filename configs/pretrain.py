@@ -96,7 +96,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     projection=args.get("projection", "learned"),
     projection_init="normal",  # normal | pool (learned E/F start as mean pooling)
     causal=False, segment_len=0,  # decoders: configs/clm.py
-    dropout_rate=0.1, attention_dropout_rate=0.1, pre_ln=False, layer_norm_eps=1e-5,
+    dropout_rate=0.1, attention_dropout_rate=0.1, activation_dropout_rate=0.0,
+    pre_ln=False, layer_norm_eps=1e-5,
     type_vocab_size=0, gelu_approximate=False, dtype="float32", remat=False,
     attention_impl=ml_collections.config_dict.placeholder(str),  # None | xla | cudnn
   ))
@@ -108,6 +109,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_train_steps = int(args.get("steps", s.steps))
   config.freeze_pretrained_steps = 0  # steps training only what init_from did not provide
   config.freeze_lr = ml_collections.config_dict.placeholder(float)  # the new weights; None: lr
+  # A frozen full-attention teacher from init_from (configs/uptrain.py; linformer/tasks/distill.py):
+  config.transfer_steps = 0  # steps fitting only E/F to the teacher's attention, before the rest
+  config.transfer_lr = ml_collections.config_dict.placeholder(float)  # None: optimizer.lr
+  config.distill = ml_collections.ConfigDict(dict(alpha=0.0, beta=0.0, temperature=1.0))
 
   # Warmup follows the run's length unless set: the size's warmup, at most 10% of
   # num_train_steps, also when --config.num_train_steps changes it (a lazy reference:

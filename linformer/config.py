@@ -53,6 +53,9 @@ class ModelConfig:
   projection_init: str = "normal"
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
+  # Dropout on the MLP's GELU output (fairseq's activation_dropout): 0 in BERT and RoBERTa, whose
+  # only MLP dropout is dropout_rate on its output.
+  activation_dropout_rate: float = 0.0
   pre_ln: bool = False  # RoBERTa is post-LN; pre-LN adds a final LayerNorm.
   layer_norm_eps: float = 1e-5
   type_vocab_size: int = 0  # 0: no token-type embeddings (RoBERTa); 2 for BERT checkpoints.
@@ -112,7 +115,7 @@ class ModelConfig:
       raise _field_error(
         "attention", self.attention, "unknown attention kind", f"use one of {ATTENTION_KINDS}"
       )
-    for name in ("dropout_rate", "attention_dropout_rate"):
+    for name in ("dropout_rate", "attention_dropout_rate", "activation_dropout_rate"):
       value = getattr(self, name)
       if not 0.0 <= value < 1.0:
         raise _field_error(name, value, "must be in [0, 1)", "use e.g. 0.1, or 0.0 for none")

@@ -111,6 +111,7 @@ class EncoderLayer(nnx.Module):
     self.mlp_out = _dense(cfg, cfg.mlp_dim, cfg.hidden_size, (axes.MLP, axes.EMBED), rngs)
     self.mlp_norm = _layer_norm(cfg, rngs)
     self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.activation_dropout = nnx.Dropout(cfg.activation_dropout_rate)
 
   def __call__(self, x, mask, *, deterministic=True, rngs=None):
     attn = lambda y: self.attention(y, mask, deterministic=deterministic, rngs=rngs)
@@ -128,7 +129,8 @@ class EncoderLayer(nnx.Module):
 
   def _residual(self, x, attn, deterministic, rngs):
     drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
-    mlp = lambda y: self.mlp_out(drop(_gelu(self.cfg, self.mlp_in(y))))
+    act_drop = lambda y: self.activation_dropout(y, deterministic=deterministic, rngs=rngs)
+    mlp = lambda y: self.mlp_out(act_drop(_gelu(self.cfg, self.mlp_in(y))))
     if self.pre_ln:
       x = x + drop(attn(self.attention_norm(x)))
       return x + drop(mlp(self.mlp_norm(x)))
@@ -151,9 +153,18 @@ class Encoder(nnx.Module):
       self.final_norm = _layer_norm(cfg, rngs)
 
   def __call__(
-    self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True, rngs=None
+    self,
+    input_ids,
+    attention_mask,
+    token_type_ids=None,
+    *,
+    deterministic=True,
+    rngs=None,
+    all_layers=False,
   ):
+    """The last hidden states; with `all_layers`, a list of every layer's output too."""
     x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
+    outputs = []
     for layer in self.layers:
       if self.cfg.remat:
         x = nnx.remat(lambda lyr, x, m, r: lyr(x, m, deterministic=deterministic, rngs=r))(
@@ -161,9 +172,30 @@ class Encoder(nnx.Module):
         )
       else:
         x = layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
+      outputs.append(x)
     if self.cfg.pre_ln:
       x = self.final_norm(x)
-    return x
+    return (x, outputs) if all_layers else x
+
+  def attention_inputs_and_outputs(self, input_ids, attention_mask, token_type_ids=None):
+    """Each layer's input and its attention's output (before dropout and residual), without
+    dropout: what attention transfer (configs/uptrain.py) fits a student's attention to."""
+    x = self.embeddings(input_ids, token_type_ids)
+    inputs, outputs = [], []
+    for layer in self.layers:
+      inputs.append(x)
+      outputs.append(
+        layer.attention(layer.attention_norm(x) if layer.pre_ln else x, attention_mask)
+      )
+      x = layer(x, attention_mask)
+    return inputs, outputs
+
+  def attention_outputs(self, inputs, attention_mask):
+    """Each layer's attention output on the given inputs (one per layer, e.g. a teacher's)."""
+    return [
+      layer.attention(layer.attention_norm(x) if layer.pre_ln else x, attention_mask)
+      for layer, x in zip(self.layers, inputs)
+    ]
 
   def init_cache(self, batch_size: int) -> list[dict[str, jax.Array]]:
     """Each layer's decoding cache (causal models; SelfAttention.init_cache)."""
@@ -213,6 +245,15 @@ class MaskedLM(nnx.Module):
       input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
     )
     return self._head(jnp.take_along_axis(h, mlm_positions[:, :, None], axis=1))
+
+  def logits_and_hidden(
+    self, input_ids, attention_mask, mlm_positions, *, deterministic=True, rngs=None
+  ):
+    """The logits at `mlm_positions` and every layer's hidden states (distillation)."""
+    h, layers = self.encoder(
+      input_ids, attention_mask, deterministic=deterministic, rngs=rngs, all_layers=True
+    )
+    return self._head(jnp.take_along_axis(h, mlm_positions[:, :, None], axis=1)), layers
 
   def _head(self, h):
     """Vocabulary logits (float32) of hidden states h (..., hidden)."""

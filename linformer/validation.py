@@ -186,17 +186,72 @@ def _check_steps(config) -> None:
   freeze = config.get("freeze_pretrained_steps") or 0
   if freeze:
     _integer(config, "freeze_pretrained_steps", 0, "0 for no freeze phase")
-    if steps != -1 and freeze >= steps:
+    if steps != -1 and freeze > steps:
       _fail(
         "freeze_pretrained_steps",
         freeze,
-        f"must be below config.num_train_steps={steps}, so that the imported weights train too",
-        f"use fewer freeze steps (e.g. {max(steps // 10, 1)})",
+        f"longer than config.num_train_steps={steps} (equal: the imported weights never train, "
+        "e.g. to fit an MLM head)",
+        f"use at most {steps} (e.g. {max(steps // 10, 1)})",
       )
+  _check_teacher(config, steps, freeze)
   for field in ("freeze_lr", "peak_flops"):
     value = config.get(field)
     if value is not None and (not _is_number(value) or value <= 0):
       _fail(field, value, "must be > 0", "or None for the default")
+
+
+def _check_teacher(config, steps, freeze: int) -> None:
+  """Attention transfer (config.transfer_steps) and distillation (config.distill): a frozen
+  full-attention teacher built from config.init_from (tasks/distill.py)."""
+  transfer = _integer(config, "transfer_steps", 0, "0 for no attention transfer") or 0
+  if transfer and steps != -1 and transfer + freeze > steps:
+    _fail(
+      "transfer_steps",
+      transfer,
+      f"with freeze_pretrained_steps={freeze} longer than config.num_train_steps={steps}",
+      f"use at most {steps - freeze} transfer steps",
+    )
+  value = config.get("transfer_lr")
+  if value is not None:
+    _positive(value, "transfer_lr", "e.g. 1e-3, or None for optimizer.lr")
+  distill = config.get("distill") or {}
+  for field in ("alpha", "beta"):
+    _at_least_zero(distill.get(field, 0.0), f"distill.{field}", "0 switches the term off")
+  if "temperature" in distill:
+    _positive(distill.get("temperature"), "distill.temperature", "e.g. 1.0 or 2.0")
+  distilling = bool(distill.get("alpha") or distill.get("beta"))
+  if not (transfer or distilling):
+    return
+  what = "transfer_steps" if transfer else "distill.alpha / distill.beta"
+  if config.get("task") != "mlm":
+    _fail(
+      what.split(" ")[0],
+      transfer or distill.get("alpha"),
+      f"the teacher is a masked LM, but config.task={config.get('task')!r}",
+      "uptrain with configs/uptrain.py (task=mlm), then fine-tune the result",
+    )
+  if not config.get("init_from"):
+    raise ConfigError(
+      f"config.{what.split(' ')[0]}: the teacher is config.init_from run with full attention, but "
+      "init_from is empty. Fix: set --config.init_from to a HuggingFace directory or a run's "
+      "workdir."
+    )
+  model = config.get("model") or {}
+  if transfer and (
+    model.get("attention") != "linformer"
+    or model.get("projection") not in ("learned", "conv")
+    or model.get("causal")
+  ):
+    _fail(
+      "transfer_steps",
+      transfer,
+      "attention transfer trains Linformer's E and F, but config.model has "
+      f"attention={model.get('attention')!r}, projection={model.get('projection')!r}, "
+      f"causal={model.get('causal')!r}",
+      "use attention='linformer' with projection='learned' or 'conv' (not causal), or "
+      "transfer_steps=0",
+    )
 
 
 def _check_optimizer(config) -> None:
@@ -224,10 +279,10 @@ def _check_optimizer(config) -> None:
   if not _is_int(warmup) or warmup < 0:
     _fail("optimizer.warmup_steps", warmup, "must be an integer >= 0", "e.g. 10% of the steps")
   steps = config.get("num_train_steps")
-  freeze = config.get("freeze_pretrained_steps") or 0
-  schedule_steps = steps - freeze  # the warmup starts when a freeze phase ends
-  if steps != -1 and not fraction and warmup > schedule_steps:
-    after_freeze = f" minus freeze_pretrained_steps={freeze}" if freeze else ""
+  before = {f: config.get(f) or 0 for f in ("transfer_steps", "freeze_pretrained_steps")}
+  schedule_steps = steps - sum(before.values())  # the warmup starts when these phases end
+  if steps != -1 and not fraction and warmup > schedule_steps and schedule_steps > 0:
+    after_freeze = "".join(f" minus {f}={v}" for f, v in before.items() if v)
     _fail(
       "optimizer.warmup_steps",
       warmup,

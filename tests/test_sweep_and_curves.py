@@ -184,7 +184,36 @@ def test_recovery_table_reads_step_zero_the_freeze_and_the_end(tmp_path):
     for step, ppl in ((0, 5e4), (30, 800.0), (150, 480.0), (300, 380.0)):
       f.write(json.dumps({"step": step, "kind": "eval", "perplexity": ppl, "accuracy": 0.1}) + "\n")
   (run / "results.json").write_text("{}")
+  table = curves.recovery_table([str(run)], at=120)
+  assert (
+    "| Linformer n=256, k=64, E/F init pool | 50000.0 | 800.0 (30) | 480.0 | 380.0 (300) | 0.100 "
+    "| — |" in table
+  )
+
+
+def test_recovery_table_compares_at_equal_mlm_steps_after_transfer(tmp_path):
+  run = tmp_path / "transfer"
+  os.makedirs(run)
+  model = {"attention": "linformer", "max_len": 256, "k": 64, "sharing": "none"}
+  with open(run / "config.json", "w") as f:
+    json.dump({"model": model, "transfer_steps": 100, "freeze_pretrained_steps": 0}, f)
+  errors = lambda e: {
+    "attention_error": e,
+    "attention_error/layer0": e - 0.1,
+    "attention_error/layer1": e + 0.1,
+  }
+  with open(run / "metrics.jsonl", "w") as f:
+    for step, ppl, extra in (
+      (0, 300.0, errors(0.5)),
+      (100, 250.0, errors(0.2)),
+      (250, 200.0, errors(0.3)),
+      (400, 150.0, errors(0.3)),
+    ):
+      record = {"step": step, "kind": "eval", "perplexity": ppl, "accuracy": 0.2, **extra}
+      f.write(json.dumps(record) + "\n")
+  (run / "results.json").write_text("{}")
   table = curves.recovery_table([str(run)], at=150)
   assert (
-    "| Linformer n=256, k=64, E/F init pool | 50000.0 | 800.0 (30) | 480.0 | 380.0 (300) |" in table
+    "| 300.0 | 250.0 (100) | 200.0 | 150.0 (400) | 0.200 | 0.200 (from 0.500): 0.10 / 0.30 |"
+    in table
   )

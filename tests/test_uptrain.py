@@ -15,62 +15,15 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from flax import nnx
 
 from configs import uptrain
-from linformer import data
-from linformer.config import ConfigError, ModelConfig
-from linformer.convert import export
+from linformer.config import ConfigError
 from linformer.convert.hf_import import import_params
-from linformer.model import MaskedLM
 from linformer.training import warm_start
 from linformer.training.loop import train_and_evaluate
 from tests.helpers import finetune_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE = dict(
-  max_len=32,
-  num_layers=2,
-  hidden_size=32,
-  num_heads=4,
-  mlp_dim=64,
-  attention="full",
-  type_vocab_size=2,
-  layer_norm_eps=1e-12,
-)
-
-
-def word_tokenizer(texts, path, vocab_size=400):
-  """A BERT-style word-level tokenizer.json trained on `texts`."""
-  from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-
-  specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-  tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-  tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  tok.train_from_iterator(
-    texts, trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials)
-  )
-  tok.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
-  tok.save(str(path))
-  return tok.get_vocab_size()
-
-
-@pytest.fixture(scope="module")
-def hf_dir(data_dir, tmp_path_factory):
-  """A 2-layer, 32-position BERT (with MLM head) in HuggingFace format."""
-  tfds.builder("pydocs", data_dir=data_dir).download_and_prepare(file_format="array_record")
-  texts = data.load_text_source("pydocs", "train", "text", data_dir)
-  root = tmp_path_factory.mktemp("hf")
-  vocab = word_tokenizer((texts[i] for i in range(0, len(texts), 2)), root / "tokenizer.json")
-  cfg = ModelConfig(vocab_size=vocab, **SOURCE)
-  rng = np.random.default_rng(0)
-  state = nnx.split(nnx.eval_shape(lambda: MaskedLM(cfg, rngs=nnx.Rngs(0))))[1]
-  params = {
-    p: (0.05 * rng.normal(size=v.shape)).astype(np.float32) for p, v in nnx.to_flat_state(state)
-  }
-  out = str(root / "bert")
-  export.export_dir(out, params, cfg, "bert", tokenizer_dir=str(root / "tokenizer.json"))
-  return out
 
 
 def uptrain_config(hf_dir, data_dir, arg="n=64,k=16,steps=4,batch=4,freeze=2", **overrides):

@@ -101,14 +101,15 @@ def table(data: dict, metric: str) -> str:
 
 def recovery_table(workdirs: list[str], at: int | None = None) -> str:
   """Uptraining runs: validation perplexity at step 0 (the converted model), at the end of the
-  freeze phase, at step `at` (to compare runs stopped early) and at the end; MLM accuracy at the
-  end; wall time from config.json (written at the start) to results.json (rewritten at each
-  evaluation)."""
-  middle = f" ppl at {at} |" if at else ""
+  attention-transfer and freeze phases, after `at` steps past them (equal MLM steps for runs
+  with and without transfer) and at the end; MLM accuracy at the end; each layer's
+  attention-output error against the teacher after transfer (runs with a teacher); wall time
+  from config.json (written at the start) to results.json (rewritten at each evaluation)."""
+  middle = f" ppl at {at} MLM steps |" if at else ""
   rows = [
-    f"| run | ppl step 0 | ppl after freeze (step) |{middle} last ppl (step) | last MLM acc "
-    "| wall time |",
-    "|---|---|---|" + ("---|" if at else "") + "---|---|---|",
+    f"| run | ppl step 0 | ppl after transfer / freeze (step) |{middle} last ppl (step) "
+    "| last MLM acc | attention error after transfer (per layer) | wall time |",
+    "|---|---|---|" + ("---|" if at else "") + "---|---|---|---|",
   ]
   labels = labels_of(workdirs)
   for workdir in sorted(workdirs):
@@ -116,17 +117,25 @@ def recovery_table(workdirs: list[str], at: int | None = None) -> str:
     if not records:
       continue
     with open(os.path.join(workdir, "config.json")) as f:
-      freeze = json.load(f).get("freeze_pretrained_steps", 0)
+      config = json.load(f)
+    start = config.get("transfer_steps", 0) + config.get("freeze_pretrained_steps", 0)
     last = records[max(records)]
     minutes = (
       os.path.getmtime(os.path.join(workdir, "results.json"))
       - os.path.getmtime(os.path.join(workdir, "config.json"))
     ) / 60
     cell = lambda r: f"{r['perplexity']:.1f}" if r else "—"
-    extra = f" {cell(records.get(at))} |" if at else ""
+    extra = f" {cell(records.get(start + at))} |" if at else ""
+    error = "—"
+    transferred = records.get(config.get("transfer_steps", 0)) or {}
+    layers = sorted((k for k in transferred if k.startswith("attention_error/layer")), key=len)
+    if config.get("transfer_steps") and layers:
+      first = records.get(0, {}).get("attention_error")
+      error = f"{transferred['attention_error']:.3f}" + (f" (from {first:.3f})" if first else "")
+      error += ": " + " / ".join(f"{transferred[k]:.2f}" for k in layers)
     rows.append(
-      f"| {labels[workdir]} | {cell(records.get(0))} | {cell(records.get(freeze))} ({freeze}) |"
-      f"{extra} {last['perplexity']:.1f} ({max(records)}) | {last['accuracy']:.3f} | "
+      f"| {labels[workdir]} | {cell(records.get(0))} | {cell(records.get(start))} ({start}) |"
+      f"{extra} {last['perplexity']:.1f} ({max(records)}) | {last['accuracy']:.3f} | {error} | "
       f"{minutes:.1f} min |"
     )
   return "\n".join(rows)

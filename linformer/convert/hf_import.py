@@ -127,6 +127,24 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   )
 
 
+def tensor_names(path: str) -> list[str]:
+  """The tensor names of a checkpoint directory, read from the file headers only."""
+  from safetensors import safe_open
+
+  index = os.path.join(path, WEIGHTS_INDEX_FILE)
+  if not os.path.exists(os.path.join(path, WEIGHTS_FILE)) and os.path.exists(index):
+    with open(index) as f:
+      return sorted(json.load(f)["weight_map"])
+  with safe_open(os.path.join(path, WEIGHTS_FILE), framework="numpy") as f:
+    return sorted(f.keys())
+
+
+def has_mlm_head(path: str, model_type: str) -> bool:
+  """Whether the checkpoint brings an MLM head (BertForMaskedLM / RobertaForMaskedLM names)."""
+  dense = names.head_names(model_type)["dense"] + ".weight"
+  return any(n == dense or n.endswith("." + dense) for n in tensor_names(path))
+
+
 def _strip_prefix(tensors: dict[str, np.ndarray], model_type: str) -> dict[str, np.ndarray]:
   """Drops a `bert.` / `roberta.` prefix (task-model checkpoints); renames old gamma/beta."""
   prefix = model_type + "."

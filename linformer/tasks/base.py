@@ -70,6 +70,20 @@ class Task(abc.ABC):
     """What one evaluation batch contributes; by default the loss sums."""
     return self.loss(model, batch, deterministic=True, rngs=None)
 
+  # A frozen full-attention teacher (tasks/distill.py; config.transfer_steps, config.distill):
+  # the tasks that support one implement these three.
+  def transfer_loss(self, model, teacher, batch) -> dict[str, jax.Array]:
+    """Sums of the attention-transfer loss (`loss`, `weight`)."""
+    raise NotImplementedError(f"task {self.name!r} has no attention transfer")
+
+  def distill_loss(self, model, teacher, batch, *, deterministic, rngs) -> dict[str, jax.Array]:
+    """`loss` with the teacher's distillation terms added."""
+    raise NotImplementedError(f"task {self.name!r} has no distillation")
+
+  def teacher_eval_outputs(self, model, teacher, batch) -> dict[str, jax.Array]:
+    """What an evaluation batch adds when the run has a teacher."""
+    return {}
+
   @abc.abstractmethod
   def summarize(self, outputs: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
     """Metrics from the `eval_outputs` of every validation batch (host numpy)."""

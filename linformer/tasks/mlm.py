@@ -14,6 +14,7 @@ import optax
 from linformer.config import ModelConfig
 from linformer.data.tokenizer import Tokenizer
 from linformer.model import MaskedLM
+from linformer.tasks import distill
 from linformer.tasks.base import Task
 
 
@@ -100,9 +101,53 @@ class MaskedLMTask(Task):
     )
     return mlm_sums(logits, batch["mlm_targets"], batch["mlm_weights"])
 
+  def transfer_loss(self, model, teacher, batch):
+    return distill.transfer_sums(model, teacher, batch)
+
+  def distill_loss(self, model, teacher, batch, *, deterministic, rngs):
+    """MLM sums with `alpha` KL + `beta` hidden-state error (tasks/distill.py) in `loss`."""
+    d = self.config.distill
+    logits, hidden = model.logits_and_hidden(
+      batch["input_ids"],
+      batch["attention_mask"],
+      batch["mlm_positions"],
+      deterministic=deterministic,
+      rngs=rngs,
+    )
+    sums = mlm_sums(logits, batch["mlm_targets"], batch["mlm_weights"])
+    terms = distill.distill_terms(
+      logits,
+      hidden,
+      teacher,
+      batch,
+      temperature=d.temperature,
+      mask_prob=self.config.data.mask_prob,
+    )
+    loss = sums["loss"] + d.alpha * terms["kl"] + d.beta * terms["hidden"]
+    return {**sums, **terms, "mlm_loss": sums["loss"], "loss": loss}
+
+  def teacher_eval_outputs(self, model, teacher, batch):
+    return distill.attention_error_sums(model, teacher, batch)
+
   def summarize(self, outputs):
-    total = {k: float(np.sum([o[k] for o in outputs])) for k in ("loss", "correct", "weight")}
-    return mlm_summary(total["loss"], total["correct"], total["weight"])
+    """MLM metrics (the MLM part alone when distilling: `objective` is the whole loss), and
+    the attention-output error against a teacher when the outputs have it."""
+    total = lambda k: float(np.sum([o[k] for o in outputs]))
+    result = {}
+    if "correct" in outputs[0]:
+      mlm_loss = "mlm_loss" if "mlm_loss" in outputs[0] else "loss"
+      result.update(mlm_summary(total(mlm_loss), total("correct"), total("weight")))
+      if "kl" in outputs[0]:
+        weight = max(total("weight"), 1.0)
+        result.update(
+          objective=total("loss") / weight, kl=total("kl") / weight, hidden=total("hidden") / weight
+        )
+    if "attention_error" in outputs[0]:
+      errors = np.sum([o["attention_error"] for o in outputs], 0) / max(total("positions"), 1.0)
+      result["attention_error"] = float(np.mean(errors))
+      result.update({f"attention_error/layer{i}": float(e) for i, e in enumerate(errors)})
+      result.setdefault("loss", result["attention_error"])  # an attention-transfer step
+    return result
 
   def eval_summary(self, outputs_by_split):
     """Metrics with the unigram model's perplexity on the same tokens beside: unprefixed for

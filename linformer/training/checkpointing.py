@@ -47,6 +47,13 @@ ADDED_FIELDS = {
   "init_from": "",
   "freeze_pretrained_steps": 0,
   "freeze_lr": None,
+  # Until activation_dropout_rate existed, dropout_rate (0.1 by default) also hit the MLP's GELU.
+  "model.activation_dropout_rate": 0.1,
+  "transfer_steps": 0,
+  "transfer_lr": None,
+  "distill.alpha": 0.0,
+  "distill.beta": 0.0,
+  "distill.temperature": 1.0,
 }
 
 LATEST, BEST = "checkpoints", "best"

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from linformer.config import ConfigError
 from linformer.tasks import Task, get_task
-from linformer.training import checkpointing, metric_writer, partitioning, warm_start
+from linformer.training import checkpointing, metric_writer, optimizer, partitioning, warm_start
 from linformer.training.metric_writer import MetricWriter
 from linformer.training.optimizer import make_optimizer
 from linformer.training.train_metrics import TrainingDiverged, TrainMeter, peak_flops
@@ -45,6 +45,8 @@ class TrainState:
   rest: Any  # nnx.State of fixed variables (e.g. random projections)
   opt_state: Any
   rng: jax.Array  # raw uint32 key: dropout keys are fold_in(rng, step)
+  # The frozen full-attention teacher of attention transfer and distillation (None without).
+  teacher: Any = None
 
 
 @dataclasses.dataclass
@@ -60,6 +62,12 @@ class Trainer:
   eval_step: Any
   init_state: Any
   schedule: Any
+  transfer_step: Any = None  # the attention-transfer steps' function (config.transfer_steps)
+  transfer_steps: int = 0
+
+  def step_fn(self, step: int):
+    """The jitted function of (1-based) `step`."""
+    return self.transfer_step if step <= self.transfer_steps else self.train_step
 
   def abstract_state(self):
     abstract = jax.eval_shape(self.init_state)
@@ -84,92 +92,144 @@ def num_train_steps(config, task: Task) -> int:
   return max(1, int(math.ceil(config.num_epochs * examples / config.batch_size)))
 
 
+def uses_teacher(config) -> bool:
+  """Attention transfer or distillation: the run keeps a frozen full-attention teacher."""
+  d = config.get("distill") or {}
+  return bool(config.get("transfer_steps")) or bool(d.get("alpha") or d.get("beta"))
+
+
 def make_trainer(
-  config, task: Task, mesh, total_steps: int | None = None, frozen: list[str] | None = None
+  config, task: Task, mesh, total_steps: int | None = None, imported: list[str] | None = None
 ) -> Trainer:
-  """The jitted steps of a run. `frozen`: names of parameters (e.g. 'encoder/layers/0/mlp_in/
-  kernel') that stay fixed for the first `config.freeze_pretrained_steps` steps."""
+  """The jitted steps of a run. `imported`: names of the warm-started parameters (e.g.
+  'encoder/layers/0/mlp_in/kernel'), which stay fixed for the first
+  `config.freeze_pretrained_steps` steps after any `config.transfer_steps`."""
   model_cfg = task.model_config()
   total_steps = total_steps or config.num_train_steps
   abstract_model = nnx.eval_shape(lambda: task.make_model(model_cfg, nnx.Rngs(0)))
   graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
   freeze_steps = config.get("freeze_pretrained_steps") or 0
-  mask = _frozen_mask(abstract_params, frozen) if freeze_steps else None
+  transfer_steps = config.get("transfer_steps") or 0
+  labels = (
+    _labels(abstract_params, imported, transfer_steps) if freeze_steps or transfer_steps else None
+  )
   tx, schedule = make_optimizer(
     config.optimizer,
     total_steps,
-    frozen_mask=mask,
+    labels=labels,
     freeze_steps=freeze_steps,
     freeze_lr=config.get("freeze_lr"),
+    transfer_steps=transfer_steps,
+    transfer_lr=config.get("transfer_lr"),
   )
-  freeze = _freeze_fn(mask, freeze_steps)
+  trainable = _trainable_fn(labels, transfer_steps, freeze_steps)
   accum = config.grad_accum_steps
+  teacher_cfg = dataclasses.replace(model_cfg, attention="full") if uses_teacher(config) else None
+  teacher_graphdef = None
+  if teacher_cfg is not None:
+    teacher_graphdef = nnx.graphdef(
+      nnx.eval_shape(lambda: task.make_model(teacher_cfg, nnx.Rngs(0)))
+    )
+  distilling = teacher_cfg is not None and any(
+    (config.get("distill") or {}).get(f) for f in ("alpha", "beta")
+  )
 
   def init_state():
     params_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
     model = task.make_model(model_cfg, nnx.Rngs(params=params_key))
     _, params, rest = nnx.split(model, nnx.Param, ...)
+    teacher = None
+    if teacher_cfg is not None:  # its weights come from config.init_from (_warm_start)
+      teacher = nnx.state(task.make_model(teacher_cfg, nnx.Rngs(params=params_key)))
     return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       rest=rest,
       opt_state=tx.init(params),
       rng=dropout_key,
+      teacher=teacher,
     )
 
   abstract_state = jax.eval_shape(init_state)
   state_sharding = partitioning.state_shardings(abstract_state, mesh, config.mesh.get("rules"))
   batch_sharding = partitioning.batch_sharding(mesh)
 
-  def grads_and_sums(state, batch, index):
-    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), index)
+  def teacher_of(state):
+    return None if teacher_graphdef is None else nnx.merge(teacher_graphdef, state.teacher)
 
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, state.rest)
-      sums = task.loss(model, batch, deterministic=False, rngs=nnx.Rngs(dropout=key))
-      return sums["loss"], sums
+  def train_loss(model, teacher, batch, key):
+    rngs = nnx.Rngs(dropout=key)
+    if distilling:
+      return task.distill_loss(model, teacher, batch, deterministic=False, rngs=rngs)
+    return task.loss(model, batch, deterministic=False, rngs=rngs)
 
-    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return grads, sums
+  def transfer_loss(model, teacher, batch, key):
+    del key  # no dropout: the student's attention is fitted to the teacher's, both exact
+    return task.transfer_loss(model, teacher, batch)
 
-  def train_step(state: TrainState, batch):
-    if accum == 1:
-      grads, sums = grads_and_sums(state, batch, 0)
-    else:
-      # Micro-batch i takes rows i, i + accum, ...: every device keeps its own rows.
-      micro = jax.tree.map(lambda x: x.reshape(-1, accum, *x.shape[1:]), batch)
+  def make_step(loss_of):
+    def grads_and_sums(state, batch, index):
+      key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), index)
+      teacher = teacher_of(state)
 
-      def body(carry, i):
-        mb = jax.tree.map(lambda x: x[:, i], micro)
-        g, s = grads_and_sums(state, mb, i)
-        return jax.tree.map(jnp.add, carry, (g, s)), None
+      def loss_fn(params):
+        model = nnx.merge(graphdef, params, state.rest)
+        sums = loss_of(model, teacher, batch, key)
+        return sums["loss"], sums
 
-      zeros = jax.eval_shape(
-        lambda: grads_and_sums(state, jax.tree.map(lambda x: x[:, 0], micro), 0)
-      )
-      zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)
-      (grads, sums), _ = jax.lax.scan(body, zeros, jnp.arange(accum))
-    # The loss is a sum over predictions; normalise once for the whole batch.
-    grads = freeze(state.step, jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    updates = freeze(state.step, updates)  # weight decay too: frozen weights stay bit-identical
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-      **sums,
-      "grad_norm": optax.tree.norm(grads),
-      "lr": schedule(state.step),
-      "param_norm": optax.tree.norm(params),
-    }
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    # A step that is not finite leaves the state as it was: nothing diverged is ever kept, and
-    # the loop stops at the next fetch of the metrics, naming this step.
-    finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(metrics["grad_norm"])
-    finite &= jnp.isfinite(metrics["param_norm"])
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-    return new_state, {**metrics, "finite": finite}
+      (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      return grads, sums
+
+    def train_step(state: TrainState, batch):
+      if accum == 1:
+        grads, sums = grads_and_sums(state, batch, 0)
+      else:
+        # Micro-batch i takes rows i, i + accum, ...: every device keeps its own rows.
+        micro = jax.tree.map(lambda x: x.reshape(-1, accum, *x.shape[1:]), batch)
+
+        def body(carry, i):
+          mb = jax.tree.map(lambda x: x[:, i], micro)
+          g, s = grads_and_sums(state, mb, i)
+          return jax.tree.map(jnp.add, carry, (g, s)), None
+
+        zeros = jax.eval_shape(
+          lambda: grads_and_sums(state, jax.tree.map(lambda x: x[:, 0], micro), 0)
+        )
+        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)
+        (grads, sums), _ = jax.lax.scan(body, zeros, jnp.arange(accum))
+      # The loss is a sum over predictions; normalise once for the whole batch.
+      grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
+      grads = trainable(state.step, grads)  # what does not train is out of the clipping norm
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      updates = trainable(state.step, updates)  # frozen weights stay bit-identical
+      params = optax.apply_updates(state.params, updates)
+      metrics = {
+        **sums,
+        "grad_norm": optax.tree.norm(grads),
+        "lr": schedule(state.step),
+        "param_norm": optax.tree.norm(params),
+      }
+      new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+      # A step that is not finite leaves the state as it was: nothing diverged is ever kept, and
+      # the loop stops at the next fetch of the metrics, naming this step.
+      finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(metrics["grad_norm"])
+      finite &= jnp.isfinite(metrics["param_norm"])
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+      return new_state, {**metrics, "finite": finite}
+
+    return jax.jit(
+      train_step,
+      in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, replicated),
+      donate_argnums=0,
+    )
 
   def eval_step(state: TrainState, batch):
-    return task.eval_outputs(nnx.merge(graphdef, state.params, state.rest), batch)
+    model = nnx.merge(graphdef, state.params, state.rest)
+    outputs = task.eval_outputs(model, batch)
+    if teacher_graphdef is not None:  # how far each layer's attention is from the teacher's
+      outputs = {**outputs, **task.teacher_eval_outputs(model, teacher_of(state), batch)}
+    return outputs
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return Trainer(
@@ -180,37 +240,54 @@ def make_trainer(
     state_sharding=state_sharding,
     schedule=schedule,
     init_state=init_state,
-    train_step=jax.jit(
-      train_step,
-      in_shardings=(state_sharding, batch_sharding),
-      out_shardings=(state_sharding, replicated),
-      donate_argnums=0,
-    ),
+    train_step=make_step(train_loss),
+    transfer_step=make_step(transfer_loss) if transfer_steps else None,
+    transfer_steps=transfer_steps,
     eval_step=jax.jit(
       eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated
     ),
   )
 
 
-def _frozen_mask(abstract_params, frozen: list[str] | None):
-  """A tree of bools like the parameters: True for the names in `frozen`."""
-  names = set(frozen or ())
-  return jax.tree_util.tree_map_with_path(
-    lambda p, _: warm_start.dotted(warm_start.path_key(p)) in names, abstract_params
-  )
+def is_projection(name: str) -> bool:
+  """Whether a parameter is one of Linformer's E / F (what attention transfer trains)."""
+  return any(part in ("proj_k", "proj_v") for part in name.split("/"))
 
 
-def _freeze_fn(mask, steps: int):
-  """(step, tree) -> tree with the masked entries zeroed while step < steps: the imported
-  weights' gradients (out of the clipping norm) and updates (weight decay included)."""
-  if mask is None or not steps:
+def _labels(abstract_params, imported: list[str] | None, transfer_steps: int):
+  """Each parameter's optimizer group (optimizer.PRETRAINED, NEW or PROJECTION)."""
+  names = set(imported or ())
+
+  def label(path, _):
+    name = warm_start.dotted(warm_start.path_key(path))
+    if transfer_steps and is_projection(name):
+      return optimizer.PROJECTION
+    if imported is None or name in names:  # without a freeze phase only E/F are set apart
+      return optimizer.PRETRAINED
+    return optimizer.NEW
+
+  return jax.tree_util.tree_map_with_path(label, abstract_params)
+
+
+def _trainable_fn(labels, transfer_steps: int, freeze_steps: int):
+  """(step, tree) -> tree with what does not train at `step` zeroed: everything but E/F during
+  attention transfer, the imported weights during the freeze phase after it."""
+  if labels is None:
     return lambda step, tree: tree
+  ends = {
+    optimizer.PROJECTION: 0,
+    optimizer.NEW: transfer_steps,
+    optimizer.PRETRAINED: transfer_steps + freeze_steps,
+  }
 
-  def freeze(step, tree):
-    hold = step < steps
-    return jax.tree.map(lambda x, m: jnp.where(hold, jnp.zeros_like(x), x) if m else x, tree, mask)
+  def trainable(step, tree):
+    return jax.tree.map(
+      lambda x, group: jnp.where(step < ends[group], jnp.zeros_like(x), x) if ends[group] else x,
+      tree,
+      labels,
+    )
 
-  return freeze
+  return trainable
 
 
 def evaluate(
@@ -286,6 +363,36 @@ def _warm_start(state, source, values, notes, workdir: str):
   return state
 
 
+def _eval_line(metrics) -> str:
+  """An evaluation for the terminal; per-layer values stay in metrics.jsonl."""
+  return ", ".join(f"eval {k} {v:.4g}" for k, v in metrics.items() if "/layer" not in k)
+
+
+def _teacher_weights(teacher, values, config):
+  """The teacher's weights from the warm start's `values`: the whole encoder (and the MLM
+  head for the KL term; open_source checked that the checkpoint has one)."""
+  if values is None:
+    raise ConfigError(
+      "config.transfer_steps / config.distill need a teacher: set config.init_from to the "
+      "pretrained checkpoint."
+    )
+  distill = config.get("distill") or {}
+  head = ("mlm_dense", "mlm_norm", "mlm_bias")
+  missing = [
+    warm_start.dotted(warm_start.path_key(p))
+    for p, _ in jax.tree_util.tree_flatten_with_path(teacher)[0]
+    if warm_start.path_key(p) not in values
+    and (distill.get("alpha") or warm_start.path_key(p)[0] not in head)
+  ]
+  if missing:
+    raise ConfigError(
+      f"config.init_from={config.init_from!r} cannot be the full-attention teacher: it lacks "
+      f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}. Fix: start from the "
+      "pretrained checkpoint itself."
+    )
+  return warm_start.copy_values(teacher, values)
+
+
 def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -> dict[str, Any]:
   """Trains `config.task` in `workdir`, resuming from its latest checkpoint if there is one.
 
@@ -317,20 +424,20 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
   values = notes = None
   if latest is None and source is not None:
     values, notes = warm_start.load_values(source, task.model_config(), task.init_subtrees)
-  frozen = None
+  imported = None
   if config.get("freeze_pretrained_steps"):
-    frozen = (
+    imported = (
       [warm_start.dotted(k) for k in values]
       if values is not None
       else warm_start.read_imported(workdir)
     )
-    if frozen is None:
+    if imported is None:
       raise ConfigError(
         f"config.freeze_pretrained_steps: {workdir} has no "
         f"{warm_start.RECORD_FILE} naming the imported weights; set "
         "freeze_pretrained_steps=0 to resume it."
       )
-  trainer = make_trainer(config, task, mesh, total_steps, frozen=frozen)
+  trainer = make_trainer(config, task, mesh, total_steps, imported=imported)
   train_iter = task.train_iterator()
   best_manager = (
     checkpointing.make_manager(workdir, config, checkpointing.BEST) if task.main_metric else None
@@ -348,6 +455,8 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
     state = jax.jit(trainer.init_state, out_shardings=trainer.state_sharding)()
     if source is not None:
       state = _warm_start(state, source, values, notes, workdir)
+    if state.teacher is not None:
+      state = state.replace(teacher=_teacher_weights(state.teacher, values, config))
   start = int(state.step)
   end = total_steps if until_step is None else min(until_step, total_steps)
   writer = MetricWriter(workdir)
@@ -371,24 +480,24 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
       result["eval"] = evaluate(trainer, state, config.num_eval_steps)
       writer.write(0, "eval", result["eval"])
       metric_writer.record_eval(workdir, 0, result["eval"], None)
-      bar.write("step 0: " + ", ".join(f"eval {k} {v:.4g}" for k, v in result["eval"].items()))
+      bar.write(f"step 0: {_eval_line(result['eval'])}")
     for step in range(start + 1, end + 1):
       batch = next(train_iter)
-      state, metrics = trainer.train_step(state, partitioning.global_batch(batch, mesh))
+      state, metrics = trainer.step_fn(step)(state, partitioning.global_batch(batch, mesh))
       meter.add(metrics, task.tokens_in(batch) * jax.process_count())
       bar.update(1)
       is_last = step == end
-      if step % config.log_every_steps == 0 or is_last:
-        summary = meter.flush(step, last_good)
-        writer.write(step, "train", summary)
-        result["train"] = summary
+      transfer_ends = step == trainer.transfer_steps
+      if step % config.log_every_steps == 0 or is_last or transfer_ends:
+        summary = meter.flush(step, last_good)  # never mixes transfer and MLM steps
+        kind = "transfer" if step <= trainer.transfer_steps else "train"
+        writer.write(step, kind, summary)
+        result[kind] = summary
         bar.set_postfix(loss=f"{summary['loss']:.3f}", refresh=False)
-      if step % config.eval_every_steps == 0 or step == total_steps:
+      if step % config.eval_every_steps == 0 or step == total_steps or transfer_ends:
         result["eval"] = evaluate(trainer, state, config.num_eval_steps)
         writer.write(step, "eval", result["eval"])
-        bar.write(
-          f"step {step}: " + ", ".join(f"eval {k} {v:.4g}" for k, v in result["eval"].items())
-        )
+        bar.write(f"step {step}: {_eval_line(result['eval'])}")
         if (
           metric_writer.record_eval(workdir, step, result["eval"], task.main_metric)
           and best_manager
@@ -452,6 +561,8 @@ def restore_run(workdir: str, step: int | None = None, config=None, best: bool =
   task = get_task(config)
   task.setup(workdir, per_host_batch_size=max(config.batch_size // jax.process_count(), 1))
   # The schedule's length changes no shape; -1 (epochs) would need the dataset's size.
-  trainer = make_trainer(config, task, mesh, max(config.num_train_steps, 10**9))
+  # The optimizer state's layout follows the groups of a freeze phase: the imported names.
+  imported = warm_start.read_imported(workdir) if config.get("freeze_pretrained_steps") else None
+  trainer = make_trainer(config, task, mesh, max(config.num_train_steps, 10**9), imported=imported)
   state = checkpointing.restore(manager, step, trainer.abstract_state())
   return config, trainer, state

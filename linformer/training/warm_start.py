@@ -34,6 +34,7 @@ from linformer.training import checkpointing
 FREE_MODEL_FIELDS = (
   "dropout_rate",
   "attention_dropout_rate",
+  "activation_dropout_rate",
   "dtype",
   "remat",
   "attention_impl",
@@ -187,6 +188,16 @@ def _huggingface_source(path: str, hf: dict, config, workdir: str | None) -> Sou
       "the fast tokenizer beside the weights (AutoTokenizer.from_pretrained(...)"
       ".save_pretrained(dir))."
     )
+  distill = config.get("distill") or {}
+  if distill.get("alpha"):
+    from linformer.convert import hf_import
+
+    if not hf_import.has_mlm_head(path, hf.get("model_type", "bert")):
+      raise ConfigError(
+        f"config.distill.alpha={distill.alpha}: the KL term needs the teacher's MLM head, and "
+        f'config.init_from={path!r} has none. Fix: fit a head first (README, "Start from a '
+        'pretrained model") and start from its export, or set distill.alpha=0.'
+      )
   run = checkpointing.read_saved_config(workdir) if workdir else None
   if run is not None and run.get("init_from") == path:  # a resume: the run's record of the widths
     fixed = {k: run.get("model", {}).get(k, v) for k, v in fixed.items()}
@@ -239,10 +250,9 @@ def load_values(
   return values, notes
 
 
-def apply(state, values: Mapping[tuple, np.ndarray], strict: bool):
-  """`state` with every parameter and fixed variable that `values` holds replaced, on the
-  state's shardings. `strict` (a run source): every leaf under the copied subtrees must be
-  there with the same shape; otherwise what is absent keeps its fresh init."""
+def copy_values(tree, values: Mapping[tuple, np.ndarray]):
+  """`tree` (parameters or other variables) with every leaf that `values` holds replaced, on
+  the leaf's sharding."""
 
   def copy(path, leaf):
     key = path_key(path)
@@ -256,6 +266,14 @@ def apply(state, values: Mapping[tuple, np.ndarray], strict: bool):
       )
     return jax.device_put(np.asarray(value, leaf.dtype), leaf.sharding)
 
+  return jax.tree_util.tree_map_with_path(copy, tree)
+
+
+def apply(state, values: Mapping[tuple, np.ndarray], strict: bool):
+  """`state` with every parameter and fixed variable that `values` holds replaced, on the
+  state's shardings. `strict` (a run source): every leaf under the copied subtrees must be
+  there with the same shape; otherwise what is absent keeps its fresh init."""
+
   if strict:
     roots = {k[0] for k in values}
     for part in (state.params, state.rest):
@@ -264,8 +282,7 @@ def apply(state, values: Mapping[tuple, np.ndarray], strict: bool):
         if key[0] in roots and key not in values:
           raise ConfigError(f"config.init_from: the source checkpoint has no {dotted(key)}.")
   return state.replace(
-    params=jax.tree_util.tree_map_with_path(copy, state.params),
-    rest=jax.tree_util.tree_map_with_path(copy, state.rest),
+    params=copy_values(state.params, values), rest=copy_values(state.rest, values)
   )
 
 
