@@ -89,7 +89,7 @@ def transferred(sharp_dir, data_dir, tmp_path_factory):
   """6 attention-transfer steps, then 2 MLM steps distilled from the teacher (KL and hidden
   states), resumed in between; n=64 is twice the checkpoint's 32 positions (copied)."""
   workdir = str(tmp_path_factory.mktemp("transfer"))
-  arg = "n=64,k=16,steps=8,batch=4,freeze=0,transfer=6,alpha=1,beta=0.5,temperature=2"
+  arg = "n=64,k=16,steps=2,batch=4,freeze=0,transfer=6,alpha=1,beta=0.5,temperature=2"
   make = lambda: uptrain_config(sharp_dir, data_dir, arg, transfer_lr=3e-3)
   after = train_and_evaluate(make(), workdir, until_step=6)
   done = train_and_evaluate(make(), workdir)

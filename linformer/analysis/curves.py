@@ -24,18 +24,26 @@ FLAGS = flags.FLAGS  # defined under __main__: importing this module defines no 
 
 
 def label_of(workdir: str) -> str:
-  """'Transformer' or 'Linformer k=.. (sharing)' with n (and causal), from the run's config."""
+  """'Transformer' or 'Linformer k=.. (sharing)' with n (and causal) and the uptraining recipe
+  (attention transfer, distillation), from the run's config."""
   with open(os.path.join(workdir, "config.json")) as f:
-    m = json.load(f)["model"]
+    config = json.load(f)
+  m = config["model"]
   causal = m.get("causal", False)
   if m["attention"] == "full":
     return f"{'causal ' if causal else ''}Transformer, n={m['max_len']}"
+  recipe = ""
+  if config.get("transfer_steps"):
+    recipe = f", transfer {config['transfer_steps']}"
+  distill = config.get("distill") or {}
+  if distill.get("alpha") or distill.get("beta"):
+    recipe += f", distill a={distill.get('alpha', 0):g} b={distill.get('beta', 0):g}"
   k = "/".join(map(str, m["k"])) if isinstance(m["k"], list) else m["k"]
   sharing = "" if m["sharing"] == "none" else f", {m['sharing']}"
   init = m.get("projection_init", "normal")
   init = f", E/F init {init}" if init != "normal" else ""
   segments = f", causal c={m['segment_len']}" if causal else ""
-  return f"Linformer n={m['max_len']}, k={k}{sharing}{init}{segments}"
+  return f"Linformer n={m['max_len']}, k={k}{sharing}{init}{segments}{recipe}"
 
 
 def labels_of(workdirs: list[str]) -> dict[str, str]:
