@@ -36,7 +36,6 @@ import numpy as np
 import torch
 
 
-
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument(
