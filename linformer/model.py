@@ -184,10 +184,9 @@ class Encoder(nnx.Module):
     inputs, outputs = [], []
     for layer in self.layers:
       inputs.append(x)
-      outputs.append(
-        layer.attention(layer.attention_norm(x) if layer.pre_ln else x, attention_mask)
-      )
-      x = layer(x, attention_mask)
+      out = layer.attention(layer.attention_norm(x) if layer.pre_ln else x, attention_mask)
+      outputs.append(out)
+      x = layer._residual(x, lambda _, out=out: out, True, None)  # attention computed once
     return inputs, outputs
 
   def attention_outputs(self, inputs, attention_mask):
