@@ -132,7 +132,7 @@ def check_flags(fv: flags.FlagValues, config) -> None:
     if not spec.is_pair and fv.text_pair is not None:
       raise cli.UsageError(f"--text_pair: {spec.name} classifies single texts; leave it out.")
   if fv.split:
-    from linformer.validation import eval_split_names
+    from linformer.training.validation import eval_split_names
 
     known = eval_split_names(config)
     unknown = [s for s in fv.split if s not in known]
@@ -210,7 +210,8 @@ def main(fv: flags.FlagValues) -> int:
   config = checkpointing.load_config(fv.workdir)  # no run, or a torn config.json: one line
   check_flags(fv, config)
   mesh = cli.parse_mesh(fv.mesh) if fv.mesh else None
-  from linformer.training.loop import evaluate, restore_run
+  from linformer.training.restore import restore_run
+  from linformer.training.trainer import evaluate
 
   if fv.generate is not None:
     _, trainer, state = restore_run(fv.workdir, fv.step, config, best=fv.best, mesh=mesh)
@@ -264,7 +265,8 @@ def _predict_file(fv: flags.FlagValues, config, mesh) -> int:
   import jax
 
   from linformer.tasks import get_task
-  from linformer.training.loop import eval_outputs, restore_run
+  from linformer.training.restore import restore_run
+  from linformer.training.trainer import eval_outputs
 
   task = get_task(config)  # read and check the whole file before restoring anything
   source = task.read_predict_file(fv.predict_file)

@@ -261,7 +261,7 @@ def lockstep(args):
   from flax import nnx
 
   from linformer.config import ModelConfig
-  from linformer.data import pretrain
+  from linformer.data import pipeline, pretrain
   from linformer.data.tokenizer import Tokenizer as ProjectTokenizer
   from linformer.model import MaskedLM
 
@@ -273,12 +273,7 @@ def lockstep(args):
   steps = max(project)
   tok = ProjectTokenizer.load(os.path.join(wd, "tokenizer"))
   data = pretrain.build_pretrain_data(
-    config.data,
-    wd,
-    seq_len=config.model.max_len,
-    per_host_batch_size=config.batch_size,
-    seed=config.seed,
-    tokenizer=tok,
+    config.data, wd, pipeline.Batching.of_run(config, config.batch_size), tokenizer=tok
   )
   cfg = ModelConfig.from_dict(config.model.to_dict())
   params_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))

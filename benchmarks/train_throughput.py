@@ -84,7 +84,7 @@ from linformer.measure import (
 )
 from linformer.tasks.mlm import MaskedLMTask
 from linformer.training import partitioning
-from linformer.training.loop import make_trainer
+from linformer.training.trainer import make_trainer
 
 SPECIAL_IDS = 5  # ids 0..4 are reserved (pad, bos, eos, unk, mask), as a tokenizer would
 MASK_ID = 4

@@ -11,8 +11,9 @@ r"""Fine-tuning on GLUE, IMDB or ListOps, RoBERTa's recipe, through the same loo
       --workdir=runs/sst2_files       # GLUE's own TSVs instead of TFDS
 
 Config-string keys: dataset (sst2 | qnli | qqp | imdb | cola | mrpc | stsb | mnli | rte | wnli |
-listops | files: your own, from config.data.files; `task=` is its deprecated spelling), and the model keys of configs/pretrain.py (size,
-n, k, sharing, projection, attention), which must match the pretraining run given in init_from.
+listops | files: your own, from config.data.files; `task=` is its deprecated spelling), and the
+model keys of configs/pretrain.py (size, n, k, sharing, projection, attention), which must match
+the pretraining run given in init_from.
 Also lr, batch, epochs.
 `sweep(add, arg)` lists the RoBERTa fine-tuning grid: lr in {1e-5, 2e-5, 3e-5} x batch in
 {16, 32}.

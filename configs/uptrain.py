@@ -6,7 +6,7 @@ r"""Uptraining: a pretrained BERT or RoBERTa continued as a Linformer with maske
       --config.init_from=path/to/hf_bert_dir --workdir=runs/uptrain_long   # beyond 512 positions
 
 `config.init_from` is a HuggingFace BERT / RoBERTa directory (config.json, model.safetensors or a
-sharded index, tokenizer.json), a directory written by `python -m linformer.convert.export`, or a
+sharded index, tokenizer.json), a directory written by `python export.py`, or a
 run's workdir. The checkpoint fixes the widths, layers, heads, vocabulary and token types; this
 config chooses the attention (n, k, sharing, projection). What the checkpoint lacks starts fresh:
 Linformer's E and F (as mean pooling with init=pool, the default, so the converted model starts
@@ -20,7 +20,7 @@ for every step (freeze = steps), exported with it:
 
   python train.py --config=configs/uptrain.py:n=512,attention=full,steps=200,batch=4,freeze=200 \
       --config.init_from=$M --workdir=runs/head
-  python -m linformer.convert.export --workdir=runs/head --out=runs/head_hf   # init_from this
+  python export.py --workdir=runs/head --out=runs/head_hf   # init_from this
 
 The teacher (linformer/tasks/distill.py) is the checkpoint itself with full attention, frozen:
 `transfer=T` first trains E/F alone for T steps (on top of `steps`) to reproduce each layer's

@@ -1,4 +1,4 @@
-"""What the command-line tools (train.py, eval.py, `python -m linformer.convert.export`) share:
+"""What the command-line tools (train.py, eval.py, export.py) share:
 flag parsing and the handling of errors.
 
 An expected error (a bad flag or config value, a missing file, a dataset that is not prepared:
@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
+from linformer.axes import MESH_AXES
 from linformer.config import ConfigError
 
 EXIT_USAGE = 2
@@ -97,8 +98,6 @@ def report(prog: str, message: str, trace: bool = False) -> int:
 
 def parse_mesh(text: str) -> dict[str, int]:
   """`--mesh=data=1,fsdp=1,tensor=1` as {axis: size}; omitted axes are 1."""
-  from linformer.training.partitioning import MESH_AXES
-
   sizes = {}
   for item in text.split(","):
     axis, sep, size = item.partition("=")

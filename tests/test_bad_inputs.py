@@ -2,7 +2,7 @@
 stderr naming the field or file (and the fix), and writes nothing.
 
 Most cases run in-process through the command-line entry functions (`train.run`, `eval.run`,
-`linformer.convert.export.run`: argv in, exit status out); a few run as real processes to prove
+`export.run`: argv in, exit status out); a few run as real processes to prove
 the exit status and the single line end to end.
 """
 
@@ -16,13 +16,13 @@ import time
 
 import pytest
 
-from linformer.convert import export
 from tests.helpers import finetune_config, small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "tests", "cli_config.py")
 train = importlib.import_module("train")
 eval_cli = importlib.import_module("eval")
+export_cli = importlib.import_module("export")
 
 
 def listing(path):
@@ -554,7 +554,7 @@ def test_eval_of_a_torn_config_json(data_dir, tmp_path, capsys):
   assert_refused(code, capsys.readouterr().err, "config.json is torn")
 
 
-# python -m linformer.convert.export.
+# export.py.
 
 
 @pytest.mark.parametrize(
@@ -572,8 +572,8 @@ def test_bad_export_flags(argv, name, fake_runs, tmp_path, capsys):
   (tmp_path / "empty").mkdir()
   paths = dict(empty=tmp_path / "empty", new=tmp_path / "new", file=tmp_path / "file")
   argv = [a.format(mlm=fake_runs["mlm"], **paths) for a in argv]
-  code = export.run(["export", *argv])
-  assert_refused(code, capsys.readouterr().err, name, "linformer.convert.export: error:")
+  code = export_cli.run(["export.py", *argv])
+  assert_refused(code, capsys.readouterr().err, name, "export.py: error:")
   assert not os.path.exists(tmp_path / "new")
 
 
@@ -598,7 +598,7 @@ def test_processes_exit_2_with_one_line(data_dir, tmp_path):
     (["train.py", config, f"--workdir={workdir}", "--config.optimizer.lr=-1"], "optimizer.lr"),
     (["train.py", config, f"--workdir={workdir}", "--config.model.foo=1"], "'foo'"),
     (["eval.py", f"--workdir={tmp_path}"], "holds no run"),
-    (["-m", "linformer.convert.export", f"--workdir={tmp_path}", f"--out={workdir}"], "no run"),
+    (["export.py", f"--workdir={tmp_path}", f"--out={workdir}"], "no run"),
   ]
   for argv, name in cases:
     out = run_process(argv)
@@ -624,7 +624,7 @@ def test_traceback_on_request(data_dir, tmp_path):
 
 
 def test_metrics_with_a_torn_last_line_are_read(tmp_path):
-  from linformer.training.metric_writer import read_metrics
+  from linformer.training.run_logs import read_metrics
 
   records = [{"step": 1, "kind": "train", "loss": 2.0}, {"step": 2, "kind": "train", "loss": 1.5}]
   text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 3, "kind": "tr'

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from linformer.data import classification, datasets, encoding
+from linformer.data import classification, datasets, encoding, pipeline
 from linformer.data.tokenizer import Tokenizer, train_sentencepiece
 from tests.helpers import assert_batches_equal, minilm_tokenizer_json, take
 
@@ -62,11 +62,7 @@ def build(
   return classification.build_classification_data(
     config(dataset, **overrides),
     tokenizer,
-    seq_len=seq_len,
-    per_host_batch_size=batch_size,
-    seed=seed,
-    shard_index=shard_index,
-    shard_count=shard_count,
+    pipeline.Batching(seq_len, batch_size, seed, shard_index, shard_count),
   )
 
 
@@ -526,11 +522,7 @@ def test_a_custom_spec_holds_out_part_of_train(bert_tokenizer):
     data = classification.build_classification_data(
       config("imdb"),
       bert_tokenizer,
-      seq_len=8,
-      per_host_batch_size=2,
-      seed=0,
-      shard_index=0,
-      shard_count=1,
+      pipeline.Batching(seq_len=8, batch_size=2, seed=0, shard_index=0, shard_count=1),
       spec=spec,
     )
     assert data.num_train_examples == 8

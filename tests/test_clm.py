@@ -16,10 +16,10 @@ from configs import clm as clm_config
 from linformer import measure
 from linformer import model as model_lib
 from linformer.config import ConfigError, ModelConfig
-from linformer.data import clm, mlm
+from linformer.data import clm, mlm, pipeline
 from linformer.tasks import get_task
 from linformer.training import warm_start
-from linformer.training.metric_writer import read_metrics
+from linformer.training.run_logs import read_metrics
 from tests.helpers import MODEL, small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,9 +101,8 @@ def test_eval_split_counts_every_stream_token_once():
   tok = types.SimpleNamespace(
     bos_id=BOS, eos_id=EOS, pad_id=PAD, special_ids=SPECIALS, vocab_size=40
   )
-  ds = clm.make_clm_dataset(
-    stream, tok, seq_len=12, batch_size=4, seed=0, train=False, shard_index=0, shard_count=1
-  )
+  batching = pipeline.Batching(seq_len=12, batch_size=4, seed=0, shard_index=0, shard_count=1)
+  ds = clm.make_clm_dataset(stream, tok, batching, train=False)
   batches = list(ds)
   assert len(batches) == mlm.eval_batches_per_host(len(stream), 12, 4, 1) == 3  # 11 blocks + 1
   weights = np.concatenate([b["weights"] for b in batches])

@@ -17,7 +17,7 @@ import pytest
 from configs import pretrain
 from linformer.training import checkpointing
 from linformer.training.loop import train_and_evaluate
-from linformer.training.metric_writer import read_metrics
+from linformer.training.run_logs import read_metrics
 from tests.helpers import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,8 +79,8 @@ def test_kills_before_the_first_checkpoint_and_during_a_save(data_dir, pydocs_to
   assert not glob.glob(os.path.join(ckpt, "[0-9]*"))
   # 2. Rerun (the same config but for the checkpoint interval, which may change) and kill it
   #    while it writes a checkpoint after step 6: orbax's temporary directory is there.
-  saving = lambda: max(train_steps(), default=0) >= 6 and bool(
-    glob.glob(os.path.join(ckpt, "*tmp*"))
+  saving = lambda: (
+    max(train_steps(), default=0) >= 6 and bool(glob.glob(os.path.join(ckpt, "*tmp*")))
   )
   run_until(config, workdir, saving)
   # 3. Resume to the end.

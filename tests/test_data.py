@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from linformer import data
-from linformer.data import mlm, pydocs, text_files
+from linformer.data import mlm, pipeline, pydocs, text_files
 from linformer.data.tokenizer import Tokenizer, train_sentencepiece
 from tests.helpers import assert_batches_equal, minilm_tokenizer_json, take
 
@@ -47,17 +47,13 @@ def stream(tokenizer, pydocs_train, tmp_path_factory):
   return mlm.tokenize_to_stream(texts, tokenizer, path)
 
 
-def dataset(stream, tokenizer, **kwargs):
-  kwargs = {
-    "seq_len": SEQ_LEN,
-    "batch_size": 4,
-    "seed": 0,
-    "train": True,
-    "shard_index": 0,
-    "shard_count": 1,
-    **kwargs,
-  }
-  return mlm.make_mlm_dataset(stream, tokenizer, **kwargs)
+def dataset(stream, tokenizer, train=True, max_predictions=None, mask_prob=0.15, **kwargs):
+  batching = pipeline.Batching(
+    **{"seq_len": SEQ_LEN, "batch_size": 4, "seed": 0, "shard_index": 0, "shard_count": 1, **kwargs}
+  )
+  return mlm.make_mlm_dataset(
+    stream, tokenizer, batching, train=train, max_predictions=max_predictions, mask_prob=mask_prob
+  )
 
 
 def unmask(batch):
@@ -451,9 +447,8 @@ def test_build_pretrain_data(tmp_path):
   config.data_dir = str(tmp_path / "tfds")
   config.tokenizer = minilm_tokenizer_json()
   workdir = str(tmp_path / "work")
-  tok, train_iter, eval_splits = data.build_pretrain_data(
-    config, workdir, seq_len=16, per_host_batch_size=2, seed=0
-  )
+  batching = pipeline.Batching(seq_len=16, batch_size=2, seed=0)
+  tok, train_iter, eval_splits = data.build_pretrain_data(config, workdir, batching)
   eval_fn = eval_splits["validation"]
   assert tok.mask_id == 103
   batch = next(train_iter)
@@ -468,7 +463,7 @@ def test_build_pretrain_data(tmp_path):
 
   # Resuming reuses the run's tokenizer and caches, whatever the config says.
   config.tokenizer = ""
-  again = data.build_pretrain_data(config, workdir, seq_len=16, per_host_batch_size=2, seed=0)
+  again = data.build_pretrain_data(config, workdir, batching)
   assert again.tokenizer.fingerprint_bytes == tok.fingerprint_bytes
   assert_batches_equal(next(again.train_iter), batch)
   assert len(os.listdir(os.path.join(workdir, "data"))) == 2

@@ -22,7 +22,8 @@ from linformer.convert import hf_config
 from linformer.convert.hf_import import import_params, load_masked_lm
 from linformer.tasks import distill
 from linformer.training import optimizer
-from linformer.training.loop import is_projection, train_and_evaluate
+from linformer.training.loop import train_and_evaluate
+from linformer.training.trainer import is_projection
 from tests.test_uptrain import ROOT, flat, uptrain_config
 
 

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from linformer.training.loop import evaluate, restore_run, train_and_evaluate
+from linformer.training.loop import train_and_evaluate
+from linformer.training.restore import restore_run
+from linformer.training.trainer import evaluate
 from tests.helpers import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

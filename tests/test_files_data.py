@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from linformer.config import ConfigError
-from linformer.data import classification, datasets, encoding
+from linformer.data import classification, datasets, encoding, pipeline
 from linformer.data import files as files_lib
 from linformer.data.tokenizer import train_sentencepiece
 
@@ -112,7 +112,7 @@ def test_glue_tsv_is_sst2_without_tfds(sp_tokenizer, tmp_path):
   cfg.files.train = write(tmp_path / "train.tsv", train, "tsv", ("sentence", "label"))
   cfg.files.validation = write(tmp_path / "dev.tsv", dev, "tsv", ("sentence", "label"))
   data = classification.build_classification_data(
-    cfg, sp_tokenizer, seq_len=16, per_host_batch_size=4, seed=0, shard_index=0, shard_count=1
+    cfg, sp_tokenizer, pipeline.Batching(16, 4, 0, shard_index=0, shard_count=1)
   )
   assert data.num_train_examples == 10 and data.label_names == ("negative", "positive")
   spec = datasets.get_dataset_spec("sst2")
@@ -184,7 +184,7 @@ def test_file_split_beside_a_tfds_mock_split(sp_tokenizer, tmp_path):
     policy=tfds.testing.MockPolicy.USE_CODE, as_data_source_fn=as_data_source
   ):
     data = classification.build_classification_data(
-      cfg, sp_tokenizer, seq_len=16, per_host_batch_size=4, seed=0, shard_index=0, shard_count=1
+      cfg, sp_tokenizer, pipeline.Batching(16, 4, 0, shard_index=0, shard_count=1)
     )
     assert data.num_train_examples == 6 and data.num_eval_examples("validation") == 3
     batch = next(data.eval_batches("validation"))
@@ -255,7 +255,7 @@ def test_train_and_eval_examples_take_balanced_subsets(sp_tokenizer, tmp_path):
     }
   )
   data = classification.build_classification_data(
-    cfg, sp_tokenizer, seq_len=16, per_host_batch_size=5, seed=0, shard_index=0, shard_count=1
+    cfg, sp_tokenizer, pipeline.Batching(16, 5, 0, shard_index=0, shard_count=1)
   )
   assert data.eval_splits == ["test"] and data.num_train_examples == 20
   assert data.num_eval_examples("test") == 50

@@ -13,8 +13,9 @@ import pytest
 
 from linformer.config import ConfigError
 from linformer.training import checkpointing
-from linformer.training.loop import TrainingDiverged, train_and_evaluate
-from linformer.training.metric_writer import read_metrics
+from linformer.training.loop import train_and_evaluate
+from linformer.training.meter import TrainingDiverged
+from linformer.training.run_logs import read_metrics
 from tests.helpers import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -95,7 +95,7 @@ def test_export_then_init_from_gives_identical_weights_and_outputs(
   workdir, _, done, result = uptrained
   out = str(tmp_path / "exported")
   run = subprocess.run(
-    [sys.executable, "-m", "linformer.convert.export", f"--workdir={workdir}", f"--out={out}"],
+    [sys.executable, "export.py", f"--workdir={workdir}", f"--out={out}"],
     cwd=ROOT,
     capture_output=True,
     text=True,

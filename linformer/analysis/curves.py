@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from linformer.training.metric_writer import read_metrics
+from linformer.training.run_logs import read_metrics
 
 FLAGS = flags.FLAGS  # defined under __main__: importing this module defines no flags
 

@@ -39,8 +39,11 @@ from flax import nnx
 from tqdm import tqdm
 
 from linformer.config import ModelConfig
+from linformer.convert.hf_import import load_pretrained
+from linformer.data.sources import load_text_source
 from linformer.data.tokenizer import Tokenizer
 from linformer.model import Encoder
+from linformer.training.restore import restore_run
 
 # Context matrices.
 
@@ -311,8 +314,6 @@ def table(result: dict) -> str:
 
 def load_workdir(workdir: str, step: int | None = None) -> tuple[ModelConfig, Encoder, Tokenizer]:
   """The encoder and tokenizer of one of the project's runs (latest checkpoint unless `step`)."""
-  from linformer.training.loop import restore_run
-
   _, trainer, state = restore_run(workdir, step)
   model = trainer.model(state)
   encoder = model.encoder if hasattr(model, "encoder") else model
@@ -346,16 +347,12 @@ def run(
   progress: bool = True,
 ) -> dict:
   """Loads a model, samples sequences, writes the PNGs and JSON; returns the JSON dict."""
-  from linformer.data.sources import load_text_source
-
   if (hf_dir is None) == (workdir is None):
     raise ValueError(
       "Give exactly one of --hf_dir (a HuggingFace BERT/RoBERTa directory) or "
       "--workdir (a full-attention run of this project)."
     )
   if hf_dir is not None:
-    from linformer.convert.hf_import import load_pretrained
-
     cfg, encoder, tokenizer = load_pretrained(hf_dir)
     source = {"hf_dir": os.path.abspath(hf_dir)}
   else:

@@ -21,6 +21,8 @@ import os
 
 from absl import app, flags
 
+from linformer.training.run_logs import read_metrics
+
 FLAGS = flags.FLAGS  # defined under __main__: importing this module defines no flags
 
 DATASETS = ("sst2", "imdb", "qnli", "qqp")
@@ -119,8 +121,6 @@ def run_row(workdir: str) -> dict | None:
     results = json.load(f)
   if config.get("task") != "finetune" or not results.get("evaluations"):
     return None
-  from linformer.training.metric_writer import read_metrics
-
   records = read_metrics(workdir)
   seconds = sum(r.get("seconds", 0.0) for r in records if r.get("kind") == "train")
   model, data = config["model"], config["data"]

@@ -1,8 +1,6 @@
-"""A project run's checkpoint -> a HuggingFace BERT/RoBERTa directory, read back bit for bit.
+"""The project's parameters -> a HuggingFace BERT/RoBERTa directory, read back bit for bit.
 
-    python -m linformer.convert.export --workdir=runs/base --out=exported/base [--step=N]
-        [--model_type=auto|bert|roberta]
-
+`export_dir` (a run's checkpoint through `python export.py`, from `training.restore.run_params`)
 writes `model.safetensors`, `config.json` and the run's tokenizer. Every parameter HF BERT/RoBERTa
 has a name for is written under that name (`bert.*` / `roberta.*`, the MLM head as
 `cls.predictions.*` / `lm_head.*`, decoder tied to the word embeddings as in `*ForMaskedLM`); the
@@ -33,16 +31,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from linformer.config import ConfigError, ModelConfig
+from linformer.config import ModelConfig
 from linformer.convert import names
-from linformer.convert.hf_config import (
-  CONFIG_FILE,
-  MODEL_TYPES,
-  TOKENIZER_FILE,
-  WEIGHTS_FILE,
-  config_for_checkpoint,
-)
-from linformer.convert.hf_import import target_shapes
+from linformer.convert.hf_config import CONFIG_FILE, MODEL_TYPES, TOKENIZER_FILE, WEIGHTS_FILE
 from linformer.data.tokenizer import SENTENCEPIECE_FILE, Tokenizer
 
 FORMAT_VERSION = 1
@@ -221,7 +212,7 @@ def export_dir(
   return config
 
 
-def _init_from_hf(run_config) -> dict | None:
+def source_hf_config(run_config) -> dict | None:
   """config.json of the HF (or exported) checkpoint the run was warm-started from, if any."""
   init_from = run_config.get("init_from") or ""
   file = os.path.join(init_from, CONFIG_FILE) if init_from else ""
@@ -230,116 +221,3 @@ def _init_from_hf(run_config) -> dict | None:
   with open(file) as f:
     hf = json.load(f)
   return hf if hf.get("model_type") in MODEL_TYPES else None  # else a project run's config
-
-
-def run_params(workdir: str, step: int | None = None):
-  """(run config, ModelConfig, {path: array} of params and fixed variables, step) of a run's
-  checkpoint (the latest unless `step`). A run warm-started from a HF checkpoint has that
-  checkpoint's widths (`config_for_checkpoint`), as in the loop."""
-  from linformer.training import checkpointing
-
-  config = checkpointing.load_config(workdir)
-  if not os.path.isdir(os.path.join(workdir, checkpointing.LATEST)):
-    raise ConfigError(f"{workdir} has no checkpoint yet. Fix: train it first (train.py).")
-  manager = checkpointing.make_manager(workdir, None, create=False)  # read only: deletes nothing
-  steps = manager.all_steps()
-  if not steps:
-    raise ConfigError(f"{workdir} has no checkpoint yet. Fix: train it first (train.py).")
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise ConfigError(
-      f"--step={step}: {workdir} has no checkpoint at step {step}; it has {sorted(steps)}."
-    )
-  raw = checkpointing.restore_raw(manager, step)
-  params = {**names.flatten(raw["params"]), **names.flatten(raw.get("rest") or {})}
-  if names.WORDS not in params:
-    raise ValueError(f"{workdir}: the checkpoint has no encoder (no {names.WORDS}).")
-  cfg = ModelConfig.from_dict(
-    {**config.model.to_dict(), "vocab_size": int(params[names.WORDS].shape[0])}
-  )
-  hf = _init_from_hf(config)
-  if hf is not None:
-    cfg = config_for_checkpoint(cfg, hf)
-  shapes = target_shapes(cfg)
-  wrong = [
-    f"{'.'.join(map(str, p))} {params[p].shape} (config: {shapes[p]})"
-    for p in params
-    if p in shapes and tuple(params[p].shape) != shapes[p]
-  ]
-  if wrong:
-    raise ValueError(
-      f"{workdir}: the run's config.model does not describe its checkpoint: "
-      + "; ".join(wrong[:10])
-    )
-  return config, cfg, params, step
-
-
-def export_run(
-  workdir: str, out: str, *, step: int | None = None, model_type: str = "auto"
-) -> dict:
-  """Exports a run's checkpoint (the latest unless `step`) to `out`; returns config.json.
-
-  `model_type="auto"`: the architecture of the HF checkpoint the run started from, else BERT for
-  a model with segment types and RoBERTa without."""
-  config, cfg, params, step = run_params(workdir, step)
-  if model_type == "auto":
-    hf = _init_from_hf(config)
-    model_type = hf["model_type"] if hf else "bert" if cfg.type_vocab_size >= 2 else "roberta"
-  tokenizer_dir = os.path.join(workdir, "tokenizer")
-  return export_dir(
-    out,
-    params,
-    cfg,
-    model_type,
-    tokenizer_dir=tokenizer_dir if os.path.isdir(tokenizer_dir) else None,
-    source={"workdir": os.path.abspath(workdir), "step": int(step), "task": config.get("task")},
-  )
-
-
-def define_flags(fv, argv) -> None:
-  from absl import flags
-
-  del argv
-  define = dict(flag_values=fv)
-  flags.DEFINE_string(
-    "workdir", None, "The run's --workdir (its latest checkpoint is exported).", **define
-  )
-  flags.DEFINE_string("out", None, "Directory to write the HuggingFace files to.", **define)
-  flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).", **define)
-  flags.DEFINE_enum(
-    "model_type",
-    "auto",
-    ["auto", *MODEL_TYPES],
-    "HF architecture; auto: that of config.init_from, else bert with token types, roberta without.",
-    **define,
-  )
-  flags.mark_flags_as_required(["workdir", "out"], flag_values=fv)
-
-
-def main(fv) -> int:
-  from linformer.cli import UsageError
-
-  if os.path.exists(fv.out) and not os.path.isdir(fv.out):
-    raise UsageError(f"--out={fv.out} is a file. Fix: give a new or existing directory.")
-  if fv.step is not None and fv.step < 0:
-    raise UsageError(f"--step={fv.step}: give a checkpoint step >= 0.")
-  if os.path.abspath(fv.out) == os.path.abspath(fv.workdir):
-    raise UsageError(f"--out={fv.out} is the run's workdir. Fix: export to another directory.")
-  config = export_run(fv.workdir, fv.out, step=fv.step, model_type=fv.model_type)
-  print(f"Wrote {fv.out} ({config['model_type']}, step {config['linformer']['source']['step']}).")
-  for note in config["linformer"]["transformers_load"]:
-    print("Note:", note)
-  return 0
-
-
-def run(argv: list[str] | None = None) -> int:
-  """`python -m linformer.convert.export` with `argv`; returns the exit status (2: bad input)."""
-  from linformer import cli
-
-  return cli.run("linformer.convert.export", define_flags, main, argv, doc=__doc__)
-
-
-if __name__ == "__main__":
-  import sys
-
-  sys.exit(run())

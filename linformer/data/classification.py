@@ -370,39 +370,22 @@ def make_encoder(
 
 
 def one_pass_batches(
-  source,
-  encoder: EncodeExample,
-  per_host_batch_size: int,
-  *,
-  shard_index: int,
-  shard_count: int,
-  num_workers: int = 0,
+  source, encoder: EncodeExample, batching: pipeline.Batching
 ) -> tuple[grain.IterDataset, int, int]:
   """(this host's batches, batches per host, real examples) of one ordered pass over `source`,
   padded with filler rows (weight 0) to the same number of full batches on every host."""
-  num_batches = pipeline.eval_batches_per_host(len(source), per_host_batch_size, shard_count)
-  size = num_batches * per_host_batch_size * shard_count
+  b = batching.resolved()
+  num_batches = pipeline.eval_batches_per_host(len(source), b.batch_size, b.shard_count)
+  size = num_batches * b.batch_size * b.shard_count
   ds = grain.MapDataset.source(_Indexed(source, size)).map(encoder)
-  ds = pipeline.host_batches(
-    ds,
-    per_host_batch_size,
-    drop_remainder=False,
-    shard_index=shard_index,
-    shard_count=shard_count,
-    num_workers=num_workers,
-  )
-  return ds, num_batches, len(source)
+  return pipeline.host_batches(ds, b, drop_remainder=False), num_batches, len(source)
 
 
 def build_classification_data(
   config_data: ml_collections.ConfigDict,
   tokenizer: Tokenizer,
+  batching: pipeline.Batching,
   *,
-  seq_len: int,
-  per_host_batch_size: int,
-  seed: int,
-  shard_index: int | None = None,
-  shard_count: int | None = None,
   spec: DatasetSpec | None = None,
 ) -> ClassificationData:
   """Train iterator and eval batches of `config.data.dataset`.
@@ -410,28 +393,22 @@ def build_classification_data(
   Args:
     config_data: `config.data` (see `linformer.data.datasets`).
     tokenizer: the pretrained model's tokenizer.
-    seq_len: tokens per example n, special tokens included.
-    per_host_batch_size: B, examples per batch on this host.
-    seed: shuffle seed.
-    shard_index, shard_count: this host and the number of hosts; None ->
-      jax.process_index(), jax.process_count().
+    batching: tokens per example n (special tokens included), this host's batch size, the
+      shuffle seed, the shard and grain workers.
     spec: use this dataset spec instead of `spec_from_config(config_data)`
       (e.g. other splits); the other config.data fields still apply.
   """
-  shard_index, shard_count = pipeline.resolve_shards(shard_index, shard_count)
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index={shard_index} not in [0, {shard_count}).")
+  batching = batching.resolved()
   spec = spec or spec_from_config(config_data)
   truncation = resolve_truncation(spec, config_data.get("truncation", "auto"))
   template = template_for(tokenizer, config_data.get("pair_template", "auto"))
-  num_workers = config_data.get("num_workers", 0)
   data_dir = config_data.get("data_dir")
   files = config_data.get("files")
   builder = _Builder(spec, data_dir)
   subset_seed = config_data.get("subset_seed", 0)
 
   def encoder(split):
-    return make_encoder(spec, tokenizer, config_data, seq_len=seq_len, split=split)
+    return make_encoder(spec, tokenizer, config_data, seq_len=batching.seq_len, split=split)
 
   train_source = _limit(
     open_split(spec, spec.train_split, data_dir, builder, files),
@@ -447,14 +424,11 @@ def build_classification_data(
   # batches and give host h every shard_count-th batch (as in mlm.py).
   train = pipeline.host_batches(
     grain.MapDataset.source(_Indexed(train_source))
-    .shuffle(seed=seed)
+    .shuffle(seed=batching.seed)
     .repeat()
     .map(encoder(spec.train_split)),
-    per_host_batch_size,
+    batching,
     drop_remainder=True,
-    shard_index=shard_index,
-    shard_count=shard_count,
-    num_workers=num_workers,
   )
 
   eval_datasets = {}
@@ -465,14 +439,7 @@ def build_classification_data(
       spec,
       subset_seed,
     )
-    eval_datasets[name] = one_pass_batches(
-      source,
-      encoder(split),
-      per_host_batch_size,
-      shard_index=shard_index,
-      shard_count=shard_count,
-      num_workers=num_workers,
-    )
+    eval_datasets[name] = one_pass_batches(source, encoder(split), batching)
 
   label_names = spec.label_names
   if spec.name != FILES and builder.opened:  # TFDS's names, where it has them

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
-from linformer.data import mlm
+from linformer.data import mlm, pipeline
 from linformer.data.tokenizer import Tokenizer
 
 
@@ -50,16 +50,7 @@ def unigram_special_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
 
 
 def make_clm_dataset(
-  tokens: np.ndarray,
-  tokenizer: Tokenizer,
-  *,
-  seq_len: int,
-  batch_size: int,
-  seed: int,
-  train: bool,
-  shard_index: int | None = None,
-  shard_count: int | None = None,
-  num_workers: int = 0,
+  tokens: np.ndarray, tokenizer: Tokenizer, batching: pipeline.Batching, *, train: bool
 ) -> grain.IterDataset:
   """Batches of causal-LM examples for one host: the MLM pipeline (`mlm.make_block_dataset`:
   shuffled and repeated for training, eval padded with fillers of zero weight) with
@@ -67,15 +58,4 @@ def make_clm_dataset(
   example = NextTokens(
     special_ids=tokenizer.special_ids, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id
   )
-  return mlm.make_block_dataset(
-    tokens,
-    tokenizer,
-    example,
-    seq_len=seq_len,
-    batch_size=batch_size,
-    seed=seed,
-    train=train,
-    shard_index=shard_index,
-    shard_count=shard_count,
-    num_workers=num_workers,
-  )
+  return mlm.make_block_dataset(tokens, tokenizer, example, batching, train=train)

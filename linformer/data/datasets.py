@@ -120,7 +120,7 @@ class DatasetSpec:
     train_split: TFDS split trained on.
     eval_splits: (report name, TFDS split) pairs, e.g. (('matched',
       'validation_matched'), ('mismatched', 'validation_mismatched')).
-    metrics: names in `linformer.metrics.METRICS`, computed on each split.
+    metrics: names in `linformer.finetune_metrics.METRICS`, computed on each split.
     main_metric: '{eval split name}/{metric}', higher is better; picks the
       best checkpoint.
     default_truncation: what config.data.truncation='auto' means.

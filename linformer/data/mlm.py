@@ -259,16 +259,11 @@ def eval_batches_per_host(num_tokens: int, seq_len: int, batch_size: int, shard_
 def make_mlm_dataset(
   tokens: np.ndarray,
   tokenizer: Tokenizer,
+  batching: pipeline.Batching,
   *,
-  seq_len: int,
-  batch_size: int,
-  seed: int,
   train: bool,
   max_predictions: int | None = None,
   mask_prob: float = 0.15,
-  shard_index: int | None = None,
-  shard_count: int | None = None,
-  num_workers: int = 0,
 ) -> grain.IterDataset:
   """Batches of masked blocks for one host.
 
@@ -281,18 +276,14 @@ def make_mlm_dataset(
   Args:
     tokens: the packed stream (`tokenize_to_stream`).
     tokenizer: provides the special ids and vocab size.
-    seq_len: block length n.
-    batch_size: per-host batch size.
-    seed: shuffle and mask seed.
+    batching: block length n (`seq_len`), this host's batch size, the shuffle and mask seed,
+      the shard and grain workers.
     train: see above.
     max_predictions: m, mask slots per example; None -> ceil(mask_prob * n).
     mask_prob: fraction of maskable tokens to predict.
-    shard_index, shard_count: this host takes every shard_count-th example
-      from shard_index on; None -> jax.process_index(), jax.process_count().
-    num_workers: grain worker processes (0: threads in this process).
   """
   if max_predictions is None:
-    max_predictions = default_max_predictions(seq_len, mask_prob)
+    max_predictions = default_max_predictions(batching.seq_len, mask_prob)
   masking = MaskTokens(
     special_ids=tokenizer.special_ids,
     mask_id=tokenizer.mask_id,
@@ -301,43 +292,28 @@ def make_mlm_dataset(
     max_predictions=max_predictions,
     mask_prob=mask_prob,
   )
-  return make_block_dataset(
-    tokens,
-    tokenizer,
-    masking,
-    seq_len=seq_len,
-    batch_size=batch_size,
-    seed=seed,
-    train=train,
-    shard_index=shard_index,
-    shard_count=shard_count,
-    num_workers=num_workers,
-  )
+  return make_block_dataset(tokens, tokenizer, masking, batching, train=train)
 
 
 def make_block_dataset(
   tokens: np.ndarray,
   tokenizer: Tokenizer,
   example: grain.transforms.Map | grain.transforms.RandomMap,
+  batching: pipeline.Batching,
   *,
-  seq_len: int,
-  batch_size: int,
-  seed: int,
   train: bool,
-  shard_index: int | None = None,
-  shard_count: int | None = None,
-  num_workers: int = 0,
 ) -> grain.IterDataset:
   """One host's batches of `PackedBlocks`, each block made an example by `example` (a grain
-  `Map`, or a `RandomMap` seeded by `seed`): the pipeline of every pretraining objective (MLM
-  here, causal LM in `clm.py`); see `make_mlm_dataset` for the arguments."""
-  shard_index, shard_count = pipeline.resolve_shards(shard_index, shard_count)
+  `Map`, or a `RandomMap` seeded by `batching.seed`): the pipeline of every pretraining
+  objective (MLM here, causal LM in `clm.py`); see `make_mlm_dataset` for the arguments."""
+  b = batching.resolved()
+  seq_len, shard_count = b.seq_len, b.shard_count
   num_blocks = None  # Train: exactly the data.
   if not train:
     num_blocks = (
       shard_count
-      * batch_size
-      * eval_batches_per_host(len(tokens), seq_len, batch_size, shard_count)
+      * b.batch_size
+      * eval_batches_per_host(len(tokens), seq_len, b.batch_size, shard_count)
     )
   blocks = PackedBlocks(
     tokens,
@@ -361,19 +337,12 @@ def make_block_dataset(
   # a permutation or a mask rng.
   ds = grain.MapDataset.source(blocks)
   if train:
-    ds = ds.shuffle(seed=seed).repeat()
+    ds = ds.shuffle(seed=b.seed).repeat()
   if isinstance(example, grain.transforms.RandomMap):
-    ds = ds.random_map(example, seed=seed)
+    ds = ds.random_map(example, seed=b.seed)
   else:
     ds = ds.map(example)
-  return pipeline.host_batches(
-    ds,
-    batch_size,
-    drop_remainder=train,
-    shard_index=shard_index,
-    shard_count=shard_count,
-    num_workers=num_workers,
-  )
+  return pipeline.host_batches(ds, b, drop_remainder=train)
 
 
 # Baseline.

@@ -1,6 +1,7 @@
 """Grain and TFDS helpers shared by the pretraining and fine-tuning pipelines.
 
-Both pipelines cut one global example sequence into per-host batches the same
+Both pipelines are given one `Batching` (example length, this host's batch size, seed, shard,
+grain workers) and cut one global example sequence into per-host batches the same
 way (`host_batches`), pad eval splits to the same number of full batches on
 every host (`eval_batches_per_host`), may run grain worker processes
 (`multiprocess`), read TFDS text features (`decode_text`), check asked
@@ -11,11 +12,13 @@ only the project's own (`open_builder`, `ensure_prepared`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
 
 import grain
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
@@ -37,34 +40,52 @@ def multiprocess(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
   return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
 
 
-def resolve_shards(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
-  """(shard_index, shard_count); None -> this JAX process and their count."""
-  if shard_index is None or shard_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
+@dataclasses.dataclass(frozen=True)
+class Batching:
+  """How one host reads a dataset: what every pipeline (MLM, causal LM, classification) is
+  given, whatever its examples."""
 
-    shard_index, shard_count = jax.process_index(), jax.process_count()
-  return shard_index, shard_count
+  seq_len: int  # tokens per example n, special tokens included
+  batch_size: int  # examples per batch on this host
+  seed: int  # shuffle (and masking) seed
+  shard_index: int | None = None  # this host; None: jax.process_index()
+  shard_count: int | None = None  # the number of hosts; None: jax.process_count()
+  num_workers: int = 0  # grain worker processes (0: threads in this process)
+
+  @classmethod
+  def of_run(cls, config, per_host_batch_size: int) -> Batching:
+    """A run's batching on this host: config.model.max_len, config.seed, config.data."""
+    return cls(
+      seq_len=config.model.max_len,
+      batch_size=per_host_batch_size,
+      seed=config.seed,
+      num_workers=config.data.get("num_workers", 0),
+    )
+
+  def resolved(self) -> Batching:
+    """With the shard (None: this JAX process of their count) filled in and checked."""
+    index, count = self.shard_index, self.shard_count
+    if index is None or count is None:
+      index, count = jax.process_index(), jax.process_count()
+    if not 0 <= index < count:
+      raise ValueError(f"shard_index={index} not in [0, {count}).")
+    return dataclasses.replace(self, shard_index=index, shard_count=count)
 
 
 def host_batches(
-  ds: grain.MapDataset,
-  batch_size: int,
-  *,
-  drop_remainder: bool,
-  shard_index: int,
-  shard_count: int,
-  num_workers: int = 0,
+  ds: grain.MapDataset, batching: Batching, *, drop_remainder: bool
 ) -> grain.IterDataset:
   """This host's batches of the global example sequence `ds`.
 
-  `ds` is cut into batches of `batch_size` (this host's batch size) and host
+  `ds` is cut into batches of `batching.batch_size` (this host's batch size) and host
   h takes every shard_count-th batch from h on: global batch j is then
   examples [j*B*P, (j+1)*B*P) in order, host h holding rows [h*B, (h+1)*B) of
   it (B = batch_size, P = shard_count), so the data does not depend on P.
   """
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  ds = ds[shard_index::shard_count]
-  return multiprocess(ds.to_iter_dataset(), num_workers)
+  b = batching.resolved()
+  ds = ds.batch(b.batch_size, drop_remainder=drop_remainder)
+  ds = ds[b.shard_index :: b.shard_count]
+  return multiprocess(ds.to_iter_dataset(), b.num_workers)
 
 
 def eval_batches_per_host(num_examples: int, batch_size: int, shard_count: int) -> int:

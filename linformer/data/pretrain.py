@@ -1,7 +1,7 @@
 """The pretraining data of a run: tokenizer, train iterator, eval batches.
 
-`build_pretrain_data(config.data, workdir, seq_len, per_host_batch_size,
-seed, objective)` is the one call training makes. It reads the corpus from TFDS,
+`build_pretrain_data(config.data, workdir, batching, objective=...)` is the one call training
+makes. It reads the corpus from TFDS,
 trains or loads the tokenizer (kept in `{workdir}/tokenizer/` and reused on
 resume), packs each split once (cached in `{workdir}/data/`) and returns
 grain pipelines of masked (`mlm.py`) or causal-LM (`clm.py`) examples of the
@@ -46,7 +46,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from linformer.data import clm, mlm, sources
+from linformer.data import clm, mlm, pipeline, sources
 from linformer.data.tokenizer import Tokenizer, train_sentencepiece
 
 
@@ -167,9 +167,8 @@ def _tokenizer_for_run(
 def build_pretrain_data(
   config_data: ml_collections.ConfigDict,
   workdir: str,
-  seq_len: int,
-  per_host_batch_size: int,
-  seed: int,
+  batching: pipeline.Batching,
+  *,
   tokenizer: Tokenizer | None = None,
   objective: str = "mlm",
 ) -> PretrainData:
@@ -180,9 +179,8 @@ def build_pretrain_data(
     workdir: the run's directory; holds `tokenizer/` and `data/` (caches).
       Multi-host runs need it shared: process 0 makes the tokenizer, the
       others wait and load it.
-    seq_len: tokens per example, including bos and eos.
-    per_host_batch_size: examples per batch on this host.
-    seed: shuffle and masking seed.
+    batching: tokens per example (bos and eos included), this host's batch size, the
+      shuffle and masking seed, grain workers (`pipeline.Batching.of_run(config, ...)`).
     tokenizer: use this one (e.g. from a pretraining run) instead.
     objective: 'mlm' (masked blocks, `mlm.MaskTokens`) or 'clm' (next-token
       targets, `clm.NextTokens`); the tokenizer and caches are the same.
@@ -229,9 +227,6 @@ def build_pretrain_data(
   train_tokens = pack(train_texts)
   eval_tokens = {"validation": pack(eval_texts), "train": train_tokens}
 
-  common = dict(
-    seq_len=seq_len, batch_size=per_host_batch_size, seed=seed, num_workers=config_data.num_workers
-  )
   if objective == "mlm":
     make_dataset = functools.partial(
       mlm.make_mlm_dataset,
@@ -242,14 +237,14 @@ def build_pretrain_data(
   else:
     make_dataset = clm.make_clm_dataset
     baseline_special_ids = clm.unigram_special_ids(tokenizer)  # its targets include eos
-  train_ds = make_dataset(train_tokens, tokenizer, train=True, **common)
+  train_ds = make_dataset(train_tokens, tokenizer, batching, train=True)
 
   def eval_data(split: str) -> EvalData:
     tokens = eval_tokens[split]
     return EvalData(
-      make_dataset(tokens, tokenizer, train=False, **common),
+      make_dataset(tokens, tokenizer, batching, train=False),
       num_batches=mlm.eval_batches_per_host(
-        len(tokens), seq_len, per_host_batch_size, jax.process_count()
+        len(tokens), batching.seq_len, batching.batch_size, jax.process_count()
       ),
       unigram=functools.partial(
         mlm.unigram_perplexity,

@@ -12,6 +12,12 @@ from flax import nnx
 from linformer.config import ModelConfig
 
 
+def totals(outputs: list[Mapping[str, np.ndarray]], *keys: str) -> dict[str, float]:
+  """Each of `keys` summed over the batches' `eval_outputs`: every task's outputs are sums over
+  its predictions (with their `weight`), so batches and hosts add up exactly."""
+  return {k: float(np.sum([o[k] for o in outputs])) for k in keys}
+
+
 class Task(abc.ABC):
   """Everything task-specific; the training loop does the rest.
 

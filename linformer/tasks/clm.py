@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from linformer import measure
+from linformer import model as model_lib
 from linformer.tasks.mlm import MaskedLMTask, mlm_sums
 
 
@@ -20,13 +22,9 @@ class CausalLMTask(MaskedLMTask):
   objective = "clm"
 
   def make_model(self, cfg, rngs):
-    from linformer import model  # late: the decoder is looked up when a model is built
-
-    return model.CausalLM(cfg, rngs=rngs)
+    return model_lib.CausalLM(cfg, rngs=rngs)
 
   def train_flops_per_sequence(self, cfg):
-    from linformer import measure
-
     return sum(measure.train_flops(cfg, cfg.max_len, "clm").values())
 
   def loss(self, model, batch, *, deterministic, rngs):

@@ -3,7 +3,7 @@
 The encoder comes from a pretraining workdir (`config.init_from`: the loop copies its encoder,
 `init_subtrees`, and the task takes its tokenizer) or is trained from scratch; the
 classification head is new. Metrics are computed on
-the host from every example's prediction, with the functions in `linformer.metrics`.
+the host from every example's prediction, with the functions in `linformer.finetune_metrics`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from linformer import metrics as metrics_lib
+from linformer import finetune_metrics as metrics_lib
+from linformer import measure
 from linformer.config import ConfigError, ModelConfig
-from linformer.data import classification, encoding
+from linformer.data import classification, encoding, pipeline
 from linformer.data import files as files_lib
 from linformer.data.datasets import spec_from_config
+from linformer.data.listops import listops_tokenizer
 from linformer.data.tokenizer import Tokenizer
 from linformer.model import SequenceClassifier
-from linformer.tasks.base import Task
+from linformer.tasks.base import Task, totals
 
 
 class FinetuneTask(Task):
@@ -48,9 +50,7 @@ class FinetuneTask(Task):
       self._data = classification.build_classification_data(
         self.config.data,
         self.tokenizer,
-        seq_len=self.config.model.max_len,
-        per_host_batch_size=self.per_host_batch_size,
-        seed=self.config.seed,
+        pipeline.Batching.of_run(self.config, self.per_host_batch_size),
         spec=self.spec,
       )
     return self._data
@@ -67,8 +67,6 @@ class FinetuneTask(Task):
     elif c.data.tokenizer:
       tokenizer = Tokenizer.load(c.data.tokenizer)
     elif self.spec.name == "listops":
-      from linformer.data.listops import listops_tokenizer
-
       tokenizer = listops_tokenizer()
     else:
       raise ConfigError(
@@ -96,8 +94,6 @@ class FinetuneTask(Task):
     return self.data.num_train_examples
 
   def train_flops_per_sequence(self, cfg):
-    from linformer import measure
-
     return sum(
       measure.train_flops(cfg, cfg.max_len, "finetune", num_labels=self.spec.num_labels).values()
     )
@@ -140,7 +136,7 @@ class FinetuneTask(Task):
     }
 
   def summarize(self, outputs):
-    total = {k: float(np.sum([o[k] for o in outputs])) for k in ("loss", "correct", "weight")}
+    total = totals(outputs, "loss", "correct", "weight")
     summary = {"loss": total["loss"] / max(total["weight"], 1.0)}
     if not self.spec.is_regression:
       summary["accuracy"] = total["correct"] / max(total["weight"], 1.0)
@@ -206,10 +202,8 @@ class FinetuneTask(Task):
     encoder = classification.make_encoder(
       self.spec, self.tokenizer, self.config.data, seq_len=self.config.model.max_len, split="file"
     )
-    shard_index, shard_count = jax.process_index(), jax.process_count()
-    batches, num_batches, _ = classification.one_pass_batches(
-      source, encoder, self.per_host_batch_size, shard_index=shard_index, shard_count=shard_count
-    )
+    batching = pipeline.Batching.of_run(self.config, self.per_host_batch_size)
+    batches, num_batches, _ = classification.one_pass_batches(source, encoder, batching)
     return batches, num_batches
 
   def metrics_of(self, outputs) -> dict[str, float]:

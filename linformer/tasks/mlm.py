@@ -11,11 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from linformer import measure
 from linformer.config import ModelConfig
+from linformer.data import pipeline, pretrain
+from linformer.data.mlm import default_max_predictions
 from linformer.data.tokenizer import Tokenizer
 from linformer.model import MaskedLM
 from linformer.tasks import distill
-from linformer.tasks.base import Task
+from linformer.tasks.base import Task, totals
 
 
 def mlm_sums(logits, targets, weights):
@@ -45,8 +48,6 @@ class MaskedLMTask(Task):
   def setup(
     self, workdir: str, per_host_batch_size: int, init_tokenizer: str | None = None
   ) -> None:
-    from linformer.data import pretrain
-
     c = self.config
     saved = os.path.join(workdir, "tokenizer")
     given = None
@@ -55,9 +56,7 @@ class MaskedLMTask(Task):
     self.data = pretrain.build_pretrain_data(
       c.data,
       workdir,
-      seq_len=c.model.max_len,
-      per_host_batch_size=per_host_batch_size,
-      seed=c.seed,
+      pipeline.Batching.of_run(c, per_host_batch_size),
       tokenizer=given,
       objective=self.objective,
     )
@@ -76,9 +75,6 @@ class MaskedLMTask(Task):
     return self.data.train_iter
 
   def train_flops_per_sequence(self, cfg):
-    from linformer import measure
-    from linformer.data.mlm import default_max_predictions
-
     d, n = self.config.data, cfg.max_len
     m = d.max_predictions or default_max_predictions(n, d.mask_prob)
     return sum(measure.train_flops(cfg, n, "mlm", m).values())
@@ -132,18 +128,18 @@ class MaskedLMTask(Task):
   def summarize(self, outputs):
     """MLM metrics (the MLM part alone when distilling: `objective` is the whole loss), and
     the attention-output error against a teacher when the outputs have it."""
-    total = lambda k: float(np.sum([o[k] for o in outputs]))
     result = {}
     if "correct" in outputs[0]:
       mlm_loss = "mlm_loss" if "mlm_loss" in outputs[0] else "loss"
-      result.update(mlm_summary(total(mlm_loss), total("correct"), total("weight")))
+      t = totals(outputs, mlm_loss, "correct", "weight")
+      result.update(mlm_summary(t[mlm_loss], t["correct"], t["weight"]))
       if "kl" in outputs[0]:
-        weight = max(total("weight"), 1.0)
-        result.update(
-          objective=total("loss") / weight, kl=total("kl") / weight, hidden=total("hidden") / weight
-        )
+        weight = max(t["weight"], 1.0)
+        t = totals(outputs, "loss", "kl", "hidden")
+        result.update({"objective" if k == "loss" else k: v / weight for k, v in t.items()})
     if "attention_error" in outputs[0]:
-      errors = np.sum([o["attention_error"] for o in outputs], 0) / max(total("positions"), 1.0)
+      positions = totals(outputs, "positions")["positions"]
+      errors = np.sum([o["attention_error"] for o in outputs], 0) / max(positions, 1.0)
       result["attention_error"] = float(np.mean(errors))
       result.update({f"attention_error/layer{i}": float(e) for i, e in enumerate(errors)})
       result.setdefault("loss", result["attention_error"])  # an attention-transfer step

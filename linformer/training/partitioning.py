@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from linformer import axes
 from linformer.config import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = axes.MESH_AXES
 BATCH_AXES = ("data", "fsdp")
 
 

@@ -2,7 +2,7 @@
 
 `config.init_from` names the source: a project workdir (its latest checkpoint and tokenizer), or a
 HuggingFace BERT / RoBERTa directory (config.json, model.safetensors, tokenizer.json), which is
-also what `linformer.convert.export` writes. The loop:
+also what `export.py` writes. The loop:
 
 1. `open_source` checks the source before the run writes anything; for a HF checkpoint,
    `Source.apply_to` overlays the widths it fixes (layers, hidden, heads, vocabulary, ...) onto
@@ -28,6 +28,7 @@ import numpy as np
 from jax.tree_util import DictKey
 
 from linformer.config import ConfigError, ModelConfig
+from linformer.convert import hf_config, hf_import, names
 from linformer.training import checkpointing
 
 # Model fields that may differ from a source run: they do not change parameter shapes.
@@ -143,7 +144,7 @@ def _run_source(path: str, source, config) -> Source:
       f"({'; '.join(differ)}). Use the source run's model fields (e.g. the same size=, n=, "
       "k= config-string values)."
     )
-  if _latest_step(path) is None:
+  if checkpointing.latest_step(path) is None:
     raise ConfigError(
       f"config.init_from={path!r} has no checkpoint: train it first (or wait "
       "for its first checkpoint)."
@@ -159,8 +160,6 @@ def _projection_columns(model) -> int | None:
 
 
 def _huggingface_source(path: str, hf: dict, config, workdir: str | None) -> Source:
-  from linformer.convert import hf_config
-
   try:
     fixed = hf_config.model_fields_from_hf(hf)
   except hf_config.HFImportError as e:
@@ -190,8 +189,6 @@ def _huggingface_source(path: str, hf: dict, config, workdir: str | None) -> Sou
     )
   distill = config.get("distill") or {}
   if distill.get("alpha"):
-    from linformer.convert import hf_import
-
     if not hf_import.has_mlm_head(path, hf.get("model_type", "bert")):
       raise ConfigError(
         f"config.distill.alpha={distill.alpha}: the KL term needs the teacher's MLM head, and "
@@ -212,29 +209,18 @@ def _huggingface_source(path: str, hf: dict, config, workdir: str | None) -> Sou
   return Source(path, HUGGINGFACE, tokenizer, {k: _normal(v) for k, v in fixed.items()})
 
 
-def _latest_step(path: str) -> int | None:
-  if not os.path.isdir(os.path.join(os.path.abspath(path), checkpointing.LATEST)):
-    return None
-  return checkpointing.make_manager(path, None, create=False).latest_step()
-
-
 def load_values(
   source: Source, cfg: ModelConfig, subtrees: tuple[str, ...] | None
 ) -> tuple[dict[tuple, np.ndarray], list[str]]:
   """({parameter path: array} the source provides under `subtrees` (all when None), notes)."""
   if source.kind == RUN:
-    manager = checkpointing.make_manager(source.path, None, create=False)
-    saved = checkpointing.restore_raw(manager, manager.latest_step())
-    values, notes = {}, [f"run {source.path}, step {manager.latest_step()}"]
-    for part in ("params", "rest"):
-      for path, leaf in jax.tree_util.tree_flatten_with_path(saved[part])[0]:
-        keys = tuple(
-          int(k) if str(k).isdigit() else str(k) for k in (getattr(p, "key", None) for p in path)
-        )
-        values[keys[:-1] if keys[-1] == "value" else keys] = np.asarray(leaf)
+    step = checkpointing.latest_step(source.path)
+    saved = checkpointing.restore_raw(
+      checkpointing.make_manager(source.path, None, create=False), step
+    )
+    values = {**names.flatten(saved["params"]), **names.flatten(saved.get("rest") or {})}
+    notes = [f"run {source.path}, step {step}"]
   else:
-    from linformer.convert import hf_config, hf_import
-
     try:
       values, report = hf_import.import_params(source.path, cfg)
     except hf_config.HFImportError as e:
@@ -312,3 +298,45 @@ def read_imported(workdir: str) -> list[str] | None:
       return json.load(f)["imported"]
   except FileNotFoundError:
     return None
+
+
+def start_from(state, source, values, notes, workdir: str):
+  """The fresh state with the source's weights; what was imported and what is new recorded."""
+  state = apply(state, values, strict=source.kind == RUN)
+  new = [
+    dotted(path_key(p))
+    for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]
+    if path_key(p) not in values
+  ]
+  write_record(workdir, source, [dotted(k) for k in values], new, notes)
+  if jax.process_index() == 0:
+    shown = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+    print(
+      f"Warm start from {'; '.join(notes)}: {len(values)} arrays imported, {len(new)} new "
+      f"parameters{': ' + shown if new else ''} (see {RECORD_FILE})."
+    )
+  return state
+
+
+def teacher_weights(teacher, values, config):
+  """The teacher's weights from the warm start's `values`: the whole encoder (and the MLM
+  head for the KL term; open_source checked that the checkpoint has one)."""
+  if values is None:
+    raise ConfigError(
+      "config.transfer_steps / config.distill need a teacher: set config.init_from to the "
+      "pretrained checkpoint."
+    )
+  distill = config.get("distill") or {}
+  head = ("mlm_dense", "mlm_norm", "mlm_bias")
+  missing = [
+    dotted(path_key(p))
+    for p, _ in jax.tree_util.tree_flatten_with_path(teacher)[0]
+    if path_key(p) not in values and (distill.get("alpha") or path_key(p)[0] not in head)
+  ]
+  if missing:
+    raise ConfigError(
+      f"config.init_from={config.init_from!r} cannot be the full-attention teacher: it lacks "
+      f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}. Fix: start from the "
+      "pretrained checkpoint itself."
+    )
+  return copy_values(teacher, values)

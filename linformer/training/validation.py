@@ -17,7 +17,16 @@ import dataclasses
 import math
 import os
 
+import jax
+
 from linformer.config import ConfigError, ModelConfig
+from linformer.data import classification, encoding, sources
+from linformer.data.datasets import FILES, spec_from_config
+from linformer.data.pipeline import split_names
+from linformer.data.pretrain import tokenizer_training_texts
+from linformer.data.tokenizer import Tokenizer, required_pieces
+from linformer.training import checkpointing, partitioning
+from linformer.training.optimizer import SCHEDULES
 
 TASKS = ("mlm", "clm", "finetune")
 PRETRAINING = ("mlm", "clm")  # tasks reading a text corpus into packed blocks
@@ -50,7 +59,6 @@ def check_run(config, workdir: str, until_step: int | None = None) -> Workdir:
 def check_workdir(workdir: str) -> Workdir:
   """A workdir that can be created or resumed: not a file, writable, its config.json readable
   (a torn one is fine while there is no checkpoint: it is rewritten)."""
-  from linformer.training import checkpointing
 
   if not workdir:
     raise ConfigError("--workdir is empty. Fix: give a directory, e.g. --workdir=runs/tiny.")
@@ -255,7 +263,6 @@ def _check_teacher(config, steps, freeze: int) -> None:
 
 
 def _check_optimizer(config) -> None:
-  from linformer.training.optimizer import SCHEDULES
 
   opt = config.get("optimizer")
   if opt is None:
@@ -294,9 +301,6 @@ def _check_optimizer(config) -> None:
 
 
 def _check_mesh(config) -> None:
-  import jax
-
-  from linformer.training import partitioning
 
   mesh_config = config.get("mesh")
   if mesh_config is None:
@@ -343,8 +347,6 @@ def _check_mlm_data(config) -> None:
 
 
 def _check_finetune_data(config) -> None:
-  from linformer.data import encoding
-  from linformer.data.datasets import spec_from_config
 
   d = config.data
   spec = spec_from_config(d)  # an unknown dataset: ConfigError listing the known ones
@@ -369,9 +371,6 @@ def _check_finetune_data(config) -> None:
 
 def _check_files_fields(config, spec) -> None:
   """config.data.files names splits the run reads; dataset=files says what its columns are."""
-  from linformer.data import classification
-  from linformer.data.datasets import FILES
-  from linformer.data.pipeline import split_names
 
   d = config.data
   files = d.get("files") or {}
@@ -445,7 +444,6 @@ def _check_common_data(config) -> None:
 
 
 def _load_tokenizer(path: str):
-  from linformer.data.tokenizer import Tokenizer
 
   if not os.path.exists(path):
     _fail(
@@ -471,8 +469,6 @@ def check_data(config, workdir: Workdir, has_source: bool = False):
   (dataset=files's labels, when read from its train file)."""
   d = config.data
   if config.task in PRETRAINING:
-    from linformer.data import sources
-
     try:
       files = sources.text_files_config_from(d)
     except (ValueError, TypeError) as e:
@@ -486,9 +482,6 @@ def check_data(config, workdir: Workdir, has_source: bool = False):
     if trains_tokenizer and d.vocab_size < CHECKED_VOCAB_SIZE:
       _check_vocab_size(d, train)
     return config
-  from linformer.data import classification
-  from linformer.data.datasets import spec_from_config
-  from linformer.data.pipeline import split_names
 
   data = classification.complete_files_config(d)
   discovered = data is not d
@@ -517,8 +510,6 @@ def _check_vocab_size(d, train) -> None:
   """A SentencePiece vocabulary too small for the corpus's characters fails only after minutes
   of reading on a large corpus: counted here (on at most 200k sentences) before anything is
   written. Only small vocabularies (< CHECKED_VOCAB_SIZE) can be too small in practice."""
-  from linformer.data.pretrain import tokenizer_training_texts
-  from linformer.data.tokenizer import required_pieces
 
   needed = required_pieces(tokenizer_training_texts(train), min(d.tokenizer_max_sentences, 200_000))
   if d.vocab_size < needed:
@@ -535,7 +526,6 @@ def eval_split_names(config) -> list[str]:
   """The splits `eval.py --split` may name for a run of `config`."""
   if config.get("task") in PRETRAINING:
     return ["validation", "train"]
-  from linformer.data.datasets import spec_from_config
 
   return spec_from_config(config.data).eval_split_names
 
@@ -544,7 +534,6 @@ def eval_split_names(config) -> list[str]:
 
 
 def _process_index() -> int:
-  import jax
 
   return jax.process_index()
 

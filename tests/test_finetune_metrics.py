@@ -1,11 +1,11 @@
-"""Tests of linformer.metrics against values computed by hand."""
+"""Tests of linformer.finetune_metrics against values computed by hand."""
 
 import math
 
 import numpy as np
 import pytest
 
-from linformer import metrics
+from linformer import finetune_metrics as metrics
 
 # A binary example used by several tests:
 #   index        0  1  2  3  4
