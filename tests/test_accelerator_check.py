@@ -1,8 +1,9 @@
 """benchmarks/accelerator_check.py: its --dry_run end to end on this CPU, and the pieces the GPU
-call relies on (the implementation comparison, the metrics summary, stage statuses)."""
+call relies on (the implementation comparison, the metrics summary, stage statuses), imported from
+its stage module benchmarks/accelerator_stages.py."""
 
 import dataclasses
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -16,12 +17,11 @@ from linformer.config import ModelConfig
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "accelerator_check.py"
 
-
-def _load():
-  spec = importlib.util.spec_from_file_location("accelerator_check", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+# benchmarks/ is not a package: its stage module is imported from that folder, appended (not
+# prepended) so that no benchmark script's name shadows a module found elsewhere.
+if str(ROOT / "benchmarks") not in sys.path:
+  sys.path.append(str(ROOT / "benchmarks"))
+acc = importlib.import_module("accelerator_stages")
 
 
 def _run(*flags: str) -> subprocess.CompletedProcess:
@@ -49,7 +49,7 @@ def test_dry_run_writes_every_stage_then_continues(tmp_path):
   _run("--dry_run", f"--out_dir={tmp_path}")
   data = json.loads((tmp_path / "accelerator_check_cpu_dryrun.json").read_text())
   stages = data["stages"]
-  assert list(stages) == list(_load().STAGES)
+  assert list(stages) == list(acc.STAGES)
   assert all(isinstance(s.get("status"), str) and s["status"] for s in stages.values())
   env = stages["environment"]
   assert env["status"] == "ok" and env["device_kind"] == "cpu" and env["jax"]
@@ -77,18 +77,16 @@ def test_dry_run_writes_every_stage_then_continues(tmp_path):
 
 def test_compare_impls_on_this_cpu():
   """The GPU's cuDNN comparison, with XLA's default implementation standing in for cuDNN."""
-  check = _load()
   cfg = ModelConfig(
-    **{**check.CUDNN_MODEL, "max_len": 32, "hidden_size": 32, "num_heads": 4, "mlp_dim": 64, "k": 8}
+    **{**acc.CUDNN_MODEL, "max_len": 32, "hidden_size": 32, "num_heads": 4, "mlp_dim": 64, "k": 8}
   )
   for attention in ("full", "linformer"):
-    out = check.compare_impls(dataclasses.replace(cfg, attention=attention), [32, 9], impl=None)
+    out = acc.compare_impls(dataclasses.replace(cfg, attention=attention), [32, 9], impl=None)
     assert out["status"] == "ok" and out["rel_diff"] < 1e-6, out
-    assert 0 < out["xla_bf16_rel_to_float32"] < check.CUDNN_REL_TOL  # bf16's own rounding
+    assert 0 < out["xla_bf16_rel_to_float32"] < acc.CUDNN_REL_TOL  # bf16's own rounding
 
 
 def test_summarize_run_skips_the_compiling_window(tmp_path):
-  check = _load()
   lines = [
     dict(step=25, kind="train", loss=9.0, tokens_per_sec=10.0, mfu=0.01),
     dict(step=50, kind="train", loss=8.0, tokens_per_sec=100.0, mfu=0.4),
@@ -97,17 +95,16 @@ def test_summarize_run_skips_the_compiling_window(tmp_path):
   ]
   text = "".join(json.dumps(r) + "\n" for r in lines) + '{"step": 80, "ki'  # torn by a kill
   (tmp_path / "metrics.jsonl").write_text(text)
-  out = check.summarize_run(tmp_path)
+  out = acc.summarize_run(tmp_path)
   assert out["steps_done"] == 75 and out["tokens_per_s"] == 110.0 and out["mfu"] == 0.45
   assert out["first_window"]["tokens_per_s"] == 10.0
   assert out["loss_first"] == 9.0 and out["loss_last"] == 7.0
   assert out["eval"]["perplexity"] == 1800.0
-  assert check.summarize_run(tmp_path / "missing") == dict(steps_done=0, log_windows=0)
+  assert acc.summarize_run(tmp_path / "missing") == dict(steps_done=0, log_windows=0)
 
 
 def test_stage_status_and_names():
-  check = _load()
-  assert check.overall(["ok", "ok"]) == "ok"
-  assert check.overall(["ok", "not run: time budget", "failed"]) == "failed (1 of 3 cases)"
-  assert check.overall(["error: x", "not run: t"]).startswith("error: x")
-  assert check.slug("NVIDIA H200") == "nvidia_h200" and check.slug("TPU v5 lite") == "tpu_v5_lite"
+  assert acc.overall(["ok", "ok"]) == "ok"
+  assert acc.overall(["ok", "not run: time budget", "failed"]) == "failed (1 of 3 cases)"
+  assert acc.overall(["error: x", "not run: t"]).startswith("error: x")
+  assert acc.slug("NVIDIA H200") == "nvidia_h200" and acc.slug("TPU v5 lite") == "tpu_v5_lite"
