@@ -22,7 +22,7 @@ Stages, in order (each writes its result into the JSON as soon as it ends):
    `configs/pretrain.py:size=small` on the built-in pydocs corpus, bfloat16, cuDNN attention
    (attention dropout off: with it the model takes its explicit softmax path, not cuDNN),
    --train_steps steps; tokens/s and `mfu` (against the datasheet bf16 peak,
-   `linformer.measure.peak_flops`) are read from the run's metrics.jsonl: the median of the log
+   `linformer.flops.peak_flops`) are read from the run's metrics.jsonl: the median of the log
    windows after the first (the first includes compiling). A run cut by its time share keeps
    its checkpoints, and the next call resumes it.
 5. `table3`: `benchmarks/table3.py --preset gpu --resume` in the time left; its CSV is kept

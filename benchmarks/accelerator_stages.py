@@ -142,10 +142,10 @@ def stage_environment(args, clock) -> dict:
       out["nvidia_smi"] = proc.stdout.strip() or proc.stderr.strip()
     except Exception as e:  # noqa: BLE001
       out["nvidia_smi"] = error_status(e)
-  from linformer import measure
+  from linformer import flops
 
   for dtype in ("bfloat16", "float32"):
-    peak = measure.device_peak_flops(device, dtype)
+    peak = flops.device_peak_flops(device, dtype)
     out[f"datasheet_peak_tflops_{dtype}"] = peak and peak / 1e12
   print(out.get("environment_info", ""))
   return out
@@ -455,7 +455,7 @@ def summarize_run(workdir: Path) -> dict:
 def stage_train(attention: str, args, clock, work_root: Path) -> dict:
   import jax
 
-  from linformer import measure
+  from linformer import flops
 
   cudnn, reason = has_cudnn()
   share = min(args.train_share * args.time_budget, clock.left() - 30)
@@ -468,7 +468,7 @@ def stage_train(attention: str, args, clock, work_root: Path) -> dict:
   run = run_bounded(cmd, share, log)
   summary = summarize_run(workdir)
   dtype = "bfloat16" if cudnn else "float32"
-  peak = measure.device_peak_flops(jax.devices()[0], dtype)
+  peak = flops.device_peak_flops(jax.devices()[0], dtype)
   out = dict(
     command=" ".join(cmd[1:]).replace(str(ROOT) + "/", ""),
     dtype=dtype,

@@ -24,7 +24,7 @@ interleaved (Linformer, full, Linformer, ...), each call ended with `block_until
 train state and metrics; the median is reported. Interleaving makes load from other processes on
 a shared machine hit both models alike.
 
-Model FLOPs (the numerator of MFU) are counted analytically by `linformer.measure.train_flops`
+Model FLOPs (the numerator of MFU) are counted analytically by `linformer.flops.train_flops`
 (its module docstring has the formulas): matrix multiplications only, each (m x k) @ (k x n)
 product counted 2 m k n, forward + backward = 3 x forward (2 x for a fixed `random` projection,
 which gets no gradient); embedding lookups, LayerNorm, GELU, softmax, dropout, the loss,
@@ -67,19 +67,17 @@ import jax
 import numpy as np
 
 from linformer.config import PROJECTIONS, SHARING_MODES, ModelConfig
+from linformer.flops import MASK_PROB, matmul_rate, train_flops
 from linformer.measure import (
-  MASK_PROB,
   MIB,
   compiled_flops,
   compiled_memory,
   failure_status,
   fmt,
   ints,
-  matmul_rate,
   memory_limit,
   over_limit,
   time_interleaved,
-  train_flops,
   write_csv,
 )
 from linformer.tasks.mlm import MaskedLMTask

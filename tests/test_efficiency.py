@@ -1,6 +1,7 @@
-"""Measuring (linformer/measure.py) and Table 3 (linformer/analysis/table3.py, table3_report.py
-and the benchmarks/table3.py CLI): the FLOP model against XLA, the peak FLOP/s table, the one peak
-memory, OOM detection, the table layout, and tiny smoke runs of both benchmark scripts."""
+"""Measuring (linformer/measure.py, flops.py) and Table 3 (linformer/analysis/table3.py,
+table3_report.py and the benchmarks/table3.py CLI): the FLOP model against XLA, the peak FLOP/s
+table, the one peak memory, OOM detection, the table layout, and tiny smoke runs of both benchmark
+scripts."""
 
 import csv
 import dataclasses
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from linformer import measure
+from linformer import flops, measure
 from linformer.analysis import table3 as t3
 from linformer.analysis import table3_report as t3r
 from linformer.config import ModelConfig
@@ -96,28 +97,28 @@ def test_flop_model_against_xla_cost_analysis(model, n, task):
   else:
     module = nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0)))
   compiled, _ = measure.compile_forward(module, inputs)
-  analytic = batch * sum(measure.forward_flops(cfg, n, task, num_predictions=m).values())
+  analytic = batch * sum(flops.forward_flops(cfg, n, task, num_predictions=m).values())
   assert 0.92 <= analytic / measure.compiled_flops(compiled) <= 1.0
 
 
 def test_train_flops_per_token():
   lin = ModelConfig(vocab_size=8000, max_len=4096, num_layers=2, sharing="layerwise")
   full = dataclasses.replace(lin, attention="full")
-  fwd, train = measure.forward_flops(lin, 4096, "mlm"), measure.train_flops(lin, 4096, "mlm")
+  fwd, train = flops.forward_flops(lin, 4096, "mlm"), flops.train_flops(lin, 4096, "mlm")
   assert train == {key: 3 * v for key, v in fwd.items()}
   assert fwd["mlm_head"] == 2 * 615 * 768 * (768 + 8000)  # m = ceil(0.15 * 4096) = 615
-  fixed = measure.train_flops(dataclasses.replace(lin, projection="random"), 4096, "mlm")
+  fixed = flops.train_flops(dataclasses.replace(lin, projection="random"), 4096, "mlm")
   assert fixed["seq_proj"] == 2 * fwd["seq_proj"] and fixed["mlp"] == train["mlp"]
-  assert sum(train.values()) / 4096 == measure.train_flops_per_token(lin, "mlm", 4096)
+  assert sum(train.values()) / 4096 == flops.train_flops_per_token(lin, "mlm", 4096)
   # Linformer's cost per token hardly grows with n; full attention's grows with n.
-  per_token = lambda cfg, n: measure.train_flops_per_token(cfg, "mlm", n)
+  per_token = lambda cfg, n: flops.train_flops_per_token(cfg, "mlm", n)
   assert per_token(lin, 4096) / per_token(lin, 512) < 1.15
   assert per_token(full, 4096) / per_token(full, 512) > 1.5
-  assert measure.inference_flops_per_token(lin, 512) < per_token(lin, 512) / 3
-  cls = measure.forward_flops(lin, 512, "finetune", num_labels=3)
+  assert flops.inference_flops_per_token(lin, 512) < per_token(lin, 512) / 3
+  cls = flops.forward_flops(lin, 512, "finetune", num_labels=3)
   assert cls["cls_head"] == 2 * 768 * 768 + 2 * 768 * 3 and "mlm_head" not in cls
   with pytest.raises(ValueError, match="task="):
-    measure.forward_flops(lin, 512, "translate")
+    flops.forward_flops(lin, 512, "translate")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,21 +154,21 @@ def test_train_flops_per_token():
 )
 def test_device_peak_table(kind, dtype, tflops):
   expected = None if tflops is None else pytest.approx(tflops * 1e12)
-  assert measure.device_peak_flops(kind, dtype) == expected
-  assert measure.device_peak_flops(types.SimpleNamespace(device_kind=kind), dtype) == expected
+  assert flops.device_peak_flops(kind, dtype) == expected
+  assert flops.device_peak_flops(types.SimpleNamespace(device_kind=kind), dtype) == expected
 
 
 def test_device_peak_true_float32_and_peak_flops_sources():
-  assert measure.device_peak_flops(
+  assert flops.device_peak_flops(
     "NVIDIA A100-SXM4-80GB", "float32", default_precision=False
   ) == pytest.approx(19.5e12)
-  assert measure.device_peak_flops("TPU v5 lite", "float32", default_precision=False) is None
+  assert flops.device_peak_flops("TPU v5 lite", "float32", default_precision=False) is None
   h100 = [types.SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3")] * 8
-  assert measure.peak_flops("bfloat16", h100) == (pytest.approx(989.4e12), "table:H100 SXM bf16")
-  assert measure.peak_flops("float32", h100)[1] == "table:H100 SXM tf32"
-  rate, source = measure.peak_flops("float32", jax.devices())  # CPU: measured once, then cached
+  assert flops.peak_flops("bfloat16", h100) == (pytest.approx(989.4e12), "table:H100 SXM bf16")
+  assert flops.peak_flops("float32", h100)[1] == "table:H100 SXM tf32"
+  rate, source = flops.peak_flops("float32", jax.devices())  # CPU: measured once, then cached
   assert source == "measured matmul rate" and rate > 1e8
-  assert measure.peak_flops("float32", jax.devices()) == (rate, source)
+  assert flops.peak_flops("float32", jax.devices()) == (rate, source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +471,6 @@ def test_train_throughput_script_smoke(tmp_path):
     k=16,
     sharing="layerwise",
   )
-  expected = 2 * sum(measure.train_flops(cfg, 64, "mlm", math.ceil(0.15 * 64)).values()) / 1e9
+  expected = 2 * sum(flops.train_flops(cfg, 64, "mlm", math.ceil(0.15 * 64)).values()) / 1e9
   assert float(row["model_gflop_per_step"]) == pytest.approx(expected, rel=1e-3)
   assert float(row["model_gflop_per_step"]) < float(row["xla_gflop_per_step"])

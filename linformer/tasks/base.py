@@ -110,7 +110,7 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def train_flops_per_sequence(self, cfg: ModelConfig) -> float:
-    """Model FLOPs of one training sequence (forward and backward; `linformer.measure`)."""
+    """Model FLOPs of one training sequence (forward and backward; `linformer.flops`)."""
 
   def tokens_in(self, batch) -> int:
     """Real tokens in a batch, for tokens/s."""

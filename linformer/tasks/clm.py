@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from linformer import measure
+from linformer import flops
 from linformer import model as model_lib
 from linformer.tasks.mlm import MaskedLMTask, mlm_sums
 
@@ -25,7 +25,7 @@ class CausalLMTask(MaskedLMTask):
     return model_lib.CausalLM(cfg, rngs=rngs)
 
   def train_flops_per_sequence(self, cfg):
-    return sum(measure.train_flops(cfg, cfg.max_len, "clm").values())
+    return sum(flops.train_flops(cfg, cfg.max_len, "clm").values())
 
   def loss(self, model, batch, *, deterministic, rngs):
     logits = model(

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from linformer import finetune_metrics as metrics_lib
-from linformer import measure
+from linformer import flops
 from linformer.config import ConfigError, ModelConfig
 from linformer.data import classification, encoding, pipeline
 from linformer.data import files as files_lib
@@ -95,7 +95,7 @@ class FinetuneTask(Task):
 
   def train_flops_per_sequence(self, cfg):
     return sum(
-      measure.train_flops(cfg, cfg.max_len, "finetune", num_labels=self.spec.num_labels).values()
+      flops.train_flops(cfg, cfg.max_len, "finetune", num_labels=self.spec.num_labels).values()
     )
 
   def eval_splits(self):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from linformer import measure
+from linformer import flops
 from linformer.config import ModelConfig
 from linformer.data import pipeline, pretrain
 from linformer.data.mlm import default_max_predictions
@@ -77,7 +77,7 @@ class MaskedLMTask(Task):
   def train_flops_per_sequence(self, cfg):
     d, n = self.config.data, cfg.max_len
     m = d.max_predictions or default_max_predictions(n, d.mask_prob)
-    return sum(measure.train_flops(cfg, n, "mlm", m).values())
+    return sum(flops.train_flops(cfg, n, "mlm", m).values())
 
   def eval_splits(self):
     return ["validation"]

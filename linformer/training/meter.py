@@ -8,7 +8,7 @@ import time
 import jax
 import numpy as np
 
-from linformer import measure
+from linformer import flops
 
 
 class TrainingDiverged(RuntimeError):
@@ -71,11 +71,11 @@ class TrainMeter:
 
 def peak_flops(config, mesh) -> float:
   """The mesh's peak FLOP/s for MFU: `config.peak_flops` (per device) if set, else the
-  datasheet peak of the devices at the compute dtype (linformer.measure), else a matmul rate
+  datasheet peak of the devices at the compute dtype (linformer.flops), else a matmul rate
   measured once; on a CPU that rate is the host's, however many devices it is split into."""
   devices = list(mesh.devices.flat)
   if config.get("peak_flops"):
     return float(config.peak_flops) * len(devices)
-  rate, source = measure.peak_flops(config.model.dtype, devices)
+  rate, source = flops.peak_flops(config.model.dtype, devices)
   per_host = source == "measured matmul rate" and devices[0].platform == "cpu"
   return rate if per_host else rate * len(devices)
