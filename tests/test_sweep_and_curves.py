@@ -106,6 +106,23 @@ def test_runs_that_differ_only_in_learning_rate_keep_both_curves(tmp_path):
   }
 
 
+def test_runs_from_different_checkpoints_are_labelled_by_their_source(tmp_path):
+  model = {"attention": "linformer", "max_len": 256, "k": 64, "sharing": "none"}
+  runs = (("a", "runs/head_hf", (90.0, 80.0)), ("b", "runs/full_hf/", (70.0, 60.0)))
+  for name, init, ppl in runs:
+    _fake_run(tmp_path / name, model, ppl)
+    config = json.loads((tmp_path / name / "config.json").read_text())
+    config.update(init_from=init, optimizer={"lr": 1e-4})
+    (tmp_path / name / "config.json").write_text(json.dumps(config))
+  _fake_run(tmp_path / "full", {**model, "attention": "full"}, (50.0, 40.0))
+  data = curves.curves([str(tmp_path / n) for n in ("a", "b", "full")])
+  assert sorted(data) == [
+    "Linformer n=256, k=64, from full_hf",
+    "Linformer n=256, k=64, from head_hf",
+    "Transformer, n=256",  # a label no other run shares keeps no source
+  ]
+
+
 def test_table2_takes_the_best_of_the_grid(tmp_path):
   from linformer.analysis import table2
 

@@ -47,19 +47,30 @@ def label_of(workdir: str) -> str:
 
 
 def labels_of(workdirs: list[str]) -> dict[str, str]:
-  """`label_of` of each run, with the learning rate added where runs would share a label (a
-  learning-rate comparison), and the workdir's name where even that does not tell them apart."""
+  """`label_of` of each run, with what tells runs apart where they would share a label: the
+  checkpoint they started from (`from <its directory's name>`), then the learning rate (a
+  learning-rate comparison), then the workdir's name."""
   labels = {w: label_of(w) for w in workdirs}
-  for attempt in ("lr", "name"):
+  for attempt in ("init", "lr", "name"):
     counts = collections.Counter(labels.values())
-    for w in workdirs:
-      if counts[labels[w]] > 1:
-        if attempt == "lr":
-          with open(os.path.join(w, "config.json")) as f:
-            labels[w] += f", lr {json.load(f)['optimizer']['lr']:g}"
-        else:
-          labels[w] += f" ({os.path.basename(os.path.normpath(w))})"
+    clashing = [w for w in workdirs if counts[labels[w]] > 1]
+    if attempt == "init":
+      sources = {w: _config(w).get("init_from") for w in clashing}
+      if len(set(sources.values())) > 1:  # else it tells none of them apart
+        for w in clashing:
+          labels[w] += f", from {os.path.basename(os.path.normpath(sources[w] or 'scratch'))}"
+      continue
+    for w in clashing:
+      if attempt == "lr":
+        labels[w] += f", lr {_config(w)['optimizer']['lr']:g}"
+      else:
+        labels[w] += f" ({os.path.basename(os.path.normpath(w))})"
   return labels
+
+
+def _config(workdir: str) -> dict:
+  with open(os.path.join(workdir, "config.json")) as f:
+    return json.load(f)
 
 
 def curves(workdirs: list[str], metric: str = "perplexity") -> dict[str, tuple[list, list]]:
