@@ -242,7 +242,10 @@ def attend(
   implementation (`cudnn`: flash attention on NVIDIA GPUs, which takes the mask as the number of
   valid keys: exact because padding and empty pooling windows are always at the end). Its API has
   no dropout, so training with attention dropout takes the explicit path below, which computes
-  the same logits and softmax in float32.
+  the same logits and softmax in float32. For Linformer that path is cheap, (b, h, n, k) with k
+  projected keys, so it keeps it; full attention would build (b, h, n, n) logits, weights and a
+  dropout mask, so a full-attention config asking for cuDNN with attention dropout is refused
+  (`ModelConfig.validate`), never silently run on this path.
   """
   mask = None if key_mask is None else key_mask[:, None, None, :]
   if deterministic or dropout.rate == 0.0:

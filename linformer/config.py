@@ -63,7 +63,8 @@ class ModelConfig:
   dtype: str = "float32"  # computation dtype; parameters are always float32.
   remat: bool = False  # recompute each layer's activations in the backward pass.
   # jax.nn.dot_product_attention's implementation when attention dropout is off: None lets JAX
-  # choose (XLA), 'cudnn' is flash attention on NVIDIA GPUs (float16/bfloat16 only).
+  # choose (XLA), 'cudnn' is flash attention on NVIDIA GPUs (float16/bfloat16 only; full
+  # attention with cuDNN needs attention_dropout_rate=0, as cuDNN's API here has no dropout).
   attention_impl: str | None = None
 
   def __post_init__(self):
@@ -134,6 +135,17 @@ class ModelConfig:
         "cudnn",
         "cuDNN flash attention needs float16 or bfloat16",
         "set config.model.dtype='bfloat16', or attention_impl=None",
+      )
+    if self.attention_impl == "cudnn" and self.attention == "full" and self.attention_dropout_rate:
+      # jax.nn.dot_product_attention has no dropout: training would silently take the explicit
+      # path, with (b, h, n, n) float32 logits, weights and dropout mask, the slow baseline.
+      raise _field_error(
+        "attention_dropout_rate",
+        self.attention_dropout_rate,
+        "full attention with attention_impl='cudnn' trains through cuDNN, which has no attention "
+        "dropout",
+        "set config.model.attention_dropout_rate=0 (the dropout of the other layers stays), or "
+        "attention_impl=None for the explicit path with dropout",
       )
     if self.type_vocab_size < 0:
       raise _field_error(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from linformer import axes
@@ -17,6 +18,7 @@ from linformer.attention import SelfAttention, SeqProjection, make_projection, p
 from linformer.config import ConfigError, ModelConfig
 
 _init = nnx.initializers.normal(0.02)  # BERT/RoBERTa's initializer range.
+LOSS_CHUNK = 512  # positions whose vocabulary logits the causal LM's loss makes at a time
 
 
 def _dense(cfg, din, dout, names, rngs):
@@ -255,10 +257,14 @@ class MaskedLM(nnx.Module):
     return self._head(jnp.take_along_axis(h, mlm_positions[:, :, None], axis=1)), layers
 
   def _head(self, h):
-    """Vocabulary logits (float32) of hidden states h (..., hidden)."""
+    """Vocabulary logits of hidden states h (..., hidden), accumulated and returned in float32
+    whatever the compute dtype: a bf16 softmax over tens of thousands of classes loses the
+    small probabilities the loss needs (MaxText keeps this matmul in float32 too)."""
     h = self.mlm_norm(_gelu(self.cfg, self.mlm_dense(h)))
-    logits = self.encoder.embeddings.token.attend(h)
-    return logits.astype(jnp.float32) + self.mlm_bias[...]
+    dtype = jnp.dtype(self.cfg.dtype)
+    table = self.encoder.embeddings.token.embedding[...].astype(dtype)
+    logits = jnp.dot(h.astype(dtype), table.T, preferred_element_type=jnp.float32)
+    return logits + self.mlm_bias[...]
 
 
 class CausalLM(MaskedLM):
@@ -286,6 +292,32 @@ class CausalLM(MaskedLM):
       input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
     )
     return self._head(h)
+
+  def loss_sums(
+    self, input_ids, attention_mask, targets, weights, *, deterministic=True, rngs=None
+  ):
+    """Summed next-token cross-entropy, correct predictions and count, from logits made
+    `LOSS_CHUNK` positions at a time and recomputed in the backward pass, so the (b, n, vocab)
+    float32 logits never exist whole: at n = 2048 and a 50k vocabulary they are 400 MB per
+    sequence, and their gradient as much again."""
+    h = self.encoder(input_ids, attention_mask, deterministic=deterministic, rngs=rngs)
+    b, n, width = h.shape
+    chunk = min(n, LOSS_CHUNK)
+    pad = -n % chunk
+    pad_to = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    split = lambda x: jnp.moveaxis(pad_to(x).reshape(b, -1, chunk, *x.shape[2:]), 1, 0)
+    weights = weights.astype(jnp.float32)
+
+    @jax.checkpoint
+    def sums(args):
+      h, targets, weights = args
+      logits = self._head(h)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+      correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+      return jnp.stack([jnp.sum(ce * weights), jnp.sum(correct * weights)])
+
+    loss, correct = jax.lax.map(sums, (split(h), split(targets), split(weights))).sum(0)
+    return {"loss": loss, "correct": correct, "weight": jnp.sum(weights)}
 
   def init_cache(self, batch_size: int):
     return self.encoder.init_cache(batch_size)

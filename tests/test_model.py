@@ -1,5 +1,7 @@
 """The encoder, its heads, its configuration errors, and running on 8 devices."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +10,10 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from linformer import model as model_lib
 from linformer.config import ConfigError, ModelConfig
 from linformer.model import Encoder, MaskedLM, SequenceClassifier
+from linformer.tasks.mlm import mlm_sums
 
 SMALL = dict(vocab_size=97, max_len=64, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64, k=16)
 
@@ -125,3 +129,93 @@ def test_cudnn_attention_needs_half_precision():
   with pytest.raises(ConfigError, match="attention_impl='cudnn'.*float16 or bfloat16"):
     ModelConfig(**SMALL, attention_impl="cudnn")
   ModelConfig(**SMALL, attention_impl="cudnn", dtype="bfloat16")  # fine
+
+
+def test_full_attention_through_cudnn_with_attention_dropout_is_refused():
+  """cuDNN's attention here has no dropout: full attention would silently train on the explicit
+  (b, h, n, n) path. Linformer's explicit path is (b, h, n, k) and stays allowed."""
+  cudnn = dict(SMALL, attention_impl="cudnn", dtype="bfloat16")
+  with pytest.raises(ConfigError, match=r"config.model.attention_dropout_rate=0.1: .*Fix: set"):
+    ModelConfig(**cudnn, attention="full")
+  ModelConfig(**cudnn, attention="full", attention_dropout_rate=0.0)  # fine
+  ModelConfig(**cudnn, attention="linformer")  # fine: k keys, no n x n memory
+
+
+def _mlm_pair(vocab=5000):
+  """A float32 and a bfloat16-compute MaskedLM with the same (float32) parameters, and a batch."""
+  base = ModelConfig(**{**SMALL, "vocab_size": vocab, "dropout_rate": 0.0})
+  f32 = MaskedLM(base, rngs=nnx.Rngs(0))
+  b16 = MaskedLM(dataclasses.replace(base, dtype="bfloat16"), rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(5, vocab, (4, 64)), jnp.int32)
+  positions = jnp.asarray(rng.integers(0, 64, (4, 10)), jnp.int32)
+  targets = jnp.asarray(rng.integers(5, vocab, (4, 10)), jnp.int32)
+  return f32, b16, (ids, jnp.ones_like(ids), positions), targets
+
+
+def test_float32_logits_are_the_tied_decoder_exactly():
+  f32, _, (ids, mask, positions), _ = _mlm_pair()
+  h = jnp.take_along_axis(f32.encoder(ids, mask), positions[..., None], 1)
+  h = f32.mlm_norm(jax.nn.gelu(f32.mlm_dense(h), approximate=False))
+  expected = f32.encoder.embeddings.token.attend(h) + f32.mlm_bias[...]
+  np.testing.assert_array_equal(f32(ids, mask, positions), expected)  # float32 runs unchanged
+
+
+def test_bf16_logits_are_accumulated_and_returned_in_float32():
+  """Under bf16 compute the logits matmul takes the bf16 hidden states and table and accumulates
+  in float32: equal to the float32 product of the bf16-rounded operands up to float32 summation
+  order (1e-5 relative), where bf16 logits would be off by their rounding, 2^-9 = 2e-3 relative."""
+  _, b16, (ids, mask, positions), _ = _mlm_pair()
+  h = jnp.take_along_axis(b16.encoder(ids, mask), positions[..., None], 1)
+  logits = b16._head(h)
+  hh = b16.mlm_norm(jax.nn.gelu(b16.mlm_dense(h), approximate=False)).astype(jnp.float32)
+  table = b16.encoder.embeddings.token.embedding[...].astype(jnp.bfloat16).astype(jnp.float32)
+  expected = jnp.dot(hh, table.T, precision="highest") + b16.mlm_bias[...]
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_mlm_loss_is_within_its_bound_of_float32():
+  """The same parameters in bf16 and float32 compute. Cross-entropy moves by at most twice the
+  largest logit change (log-sum-exp and the target logit each move by at most that), and bf16
+  (unit roundoff 2^-8) through 2 layers, LayerNorms and the head moves logits of order 1 by a few
+  roundings: under 2e-2."""
+  f32, b16, inputs, targets = _mlm_pair()
+  weights = jnp.ones(targets.shape)
+  lf, lb = f32(*inputs), b16(*inputs)
+  logit_change = float(jnp.max(jnp.abs(lb - lf)))
+  loss = lambda logits: float(mlm_sums(logits, targets, weights)["loss"]) / weights.size
+  assert logit_change < 2e-2
+  assert abs(loss(lb) - loss(lf)) <= 2 * logit_change
+
+
+def test_causal_lm_loss_in_chunks_equals_the_whole_logits(monkeypatch):
+  """Chunks of 8 positions over n = 37 (the last chunk padded with zero weights) give the loss
+  and gradients of scoring every position at once, to float32 summation order."""
+  monkeypatch.setattr(model_lib, "LOSS_CHUNK", 8)
+  cfg = ModelConfig(**{**SMALL, "max_len": 40, "attention": "full", "causal": True})
+  cfg = dataclasses.replace(cfg, dropout_rate=0.0, attention_dropout_rate=0.0)
+  graphdef, params = nnx.split(model_lib.CausalLM(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(5, 97, (3, 37)), jnp.int32)
+  mask = jnp.ones((3, 37), bool).at[1, 30:].set(False)
+  targets = jnp.asarray(rng.integers(5, 97, (3, 37)), jnp.int32)
+  weights = mask.astype(jnp.float32)
+
+  def whole(p):
+    return mlm_sums(nnx.merge(graphdef, p)(ids, mask), targets, weights)
+
+  def chunked(p):
+    return nnx.merge(graphdef, p).loss_sums(ids, mask, targets, weights)
+
+  (a, sums_a), grads_a = jax.value_and_grad(lambda p: (whole(p)["loss"], whole(p)), has_aux=True)(
+    params
+  )
+  (b, sums_b), grads_b = jax.value_and_grad(
+    lambda p: (chunked(p)["loss"], chunked(p)), has_aux=True
+  )(params)
+  np.testing.assert_allclose(b, a, rtol=1e-6)
+  assert float(sums_b["correct"]) == float(sums_a["correct"])
+  assert float(sums_b["weight"]) == float(sums_a["weight"])
+  for ga, gb in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+    np.testing.assert_allclose(gb, ga, rtol=1e-4, atol=1e-6)

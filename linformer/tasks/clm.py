@@ -11,7 +11,7 @@ from flax import nnx
 
 from linformer import flops
 from linformer import model as model_lib
-from linformer.tasks.mlm import MaskedLMTask, mlm_sums
+from linformer.tasks.mlm import MaskedLMTask
 
 
 class CausalLMTask(MaskedLMTask):
@@ -28,10 +28,14 @@ class CausalLMTask(MaskedLMTask):
     return sum(flops.train_flops(cfg, cfg.max_len, "clm").values())
 
   def loss(self, model, batch, *, deterministic, rngs):
-    logits = model(
-      batch["input_ids"], batch["attention_mask"], deterministic=deterministic, rngs=rngs
+    return model.loss_sums(
+      batch["input_ids"],
+      batch["attention_mask"],
+      batch["targets"],
+      batch["weights"],
+      deterministic=deterministic,
+      rngs=rngs,
     )
-    return mlm_sums(logits, batch["targets"], batch["weights"])
 
   def fill_mask(self, model, text: str, top_k: int = 5) -> dict:
     raise ValueError("--fill_mask: a causal LM has no masks to fill; use --generate.")
