@@ -228,9 +228,11 @@ def test_recovery_table_compares_at_equal_mlm_steps_after_transfer(tmp_path):
     ):
       record = {"step": step, "kind": "eval", "perplexity": ppl, "accuracy": 0.2, **extra}
       f.write(json.dumps(record) + "\n")
+    for step, kind in ((50, "transfer"), (100, "transfer"), (250, "train"), (400, "train")):
+      f.write(json.dumps({"step": step, "kind": kind, "loss": 1.0, "seconds": 45.0}) + "\n")
   (run / "results.json").write_text("{}")
   table = curves.recovery_table([str(run)], at=150)
   assert (
-    "| 300.0 | 250.0 (100) | 200.0 | 150.0 (400) | 0.200 | 0.200 (from 0.500): 0.10 / 0.30 |"
-    in table
+    "| 300.0 | 250.0 (100) | 200.0 | 150.0 (400) | 0.200 | 0.200 (from 0.500): 0.10 / 0.30 "
+    "| 3.0 min |" in table  # 4 windows of 45 s, transfer and MLM
   )

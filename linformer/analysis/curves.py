@@ -122,12 +122,13 @@ def recovery_table(workdirs: list[str], at: int | None = None) -> str:
   """Uptraining runs: validation perplexity at step 0 (the converted model), at the end of the
   attention-transfer and freeze phases, after `at` steps past them (equal MLM steps for runs
   with and without transfer) and at the end; MLM accuracy at the end; each layer's
-  attention-output error against the teacher after transfer (runs with a teacher); wall time
-  from config.json (written at the start) to results.json (rewritten at each evaluation)."""
+  attention-output error against the teacher after transfer (runs with a teacher); train time,
+  the seconds of every logged window of train and transfer steps (compiling included,
+  evaluations not), which a resumed run adds up across its starts."""
   middle = f" ppl at {at} MLM steps |" if at else ""
   rows = [
     f"| run | ppl step 0 | ppl after transfer / freeze (step) |{middle} last ppl (step) "
-    "| last MLM acc | attention error after transfer (per layer) | wall time |",
+    "| last MLM acc | attention error after transfer (per layer) | train time |",
     "|---|---|---|" + ("---|" if at else "") + "---|---|---|---|",
   ]
   labels = labels_of(workdirs)
@@ -139,10 +140,8 @@ def recovery_table(workdirs: list[str], at: int | None = None) -> str:
       config = json.load(f)
     start = config.get("transfer_steps", 0) + config.get("freeze_pretrained_steps", 0)
     last = records[max(records)]
-    minutes = (
-      os.path.getmtime(os.path.join(workdir, "results.json"))
-      - os.path.getmtime(os.path.join(workdir, "config.json"))
-    ) / 60
+    steps = read_metrics(workdir, "train") + read_metrics(workdir, "transfer")
+    minutes = sum(r.get("seconds", 0.0) for r in steps) / 60
     cell = lambda r: f"{r['perplexity']:.1f}" if r else "—"
     extra = f" {cell(records.get(start + at))} |" if at else ""
     error = "—"
