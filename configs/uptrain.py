@@ -30,7 +30,11 @@ the hidden-state error to the MLM loss of every later step.
 
 Defaults: no transfer and no distillation. In the recovery table (REPRODUCING.md, "Uptraining")
 neither beat E/F as mean pooling trained by the MLM loss alone at 300 MLM steps from a fitted
-head (k = n/4: 184.0 pooling, 188.0 with 100 transfer steps, worse with distillation).
+head (k = n/4: 184.0 pooling, 188.0 with 100 transfer steps, 254.3 with distillation too: that
+teacher, a head on a frozen body, is worse than the student soon becomes). Distillation pays off
+from a teacher that is better than the student: adapt with full attention first, export, and
+convert that (134.1 with transfer and distillation against 142.2 with pooling alone, the same
+steps from the same adapted checkpoint).
 
 Config-string keys: n, k (default n/4), sharing, projection, attention (linformer | full: the
 full-attention ceiling), init (normal | pool: how learned E/F start), steps (MLM steps), batch,
