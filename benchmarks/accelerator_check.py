@@ -33,7 +33,8 @@ when it runs short, each training run gets at most --train_share of it (killed, 
 group, at its share), and Table 3 gets what is left (it starts no new model in its last 90 s and
 is killed 10 s before the end).
 
-Outputs, in --out_dir (default benchmarks/results), named by the device (`nvidia_h200`):
+Outputs, in --out_dir (default benchmarks/results; with --dry_run runs/accelerator_check_dryrun,
+which git ignores, so a dry run leaves no untracked files), named by the device (`nvidia_h200`):
 accelerator_check_<device>.json (every stage with a `status`), accelerator_check_<device>.md (a
 summary), table3_<device>.{csv,md,png}. A later call skips the stages whose status is ok, failed
 or skipped (rerun them with --force) and continues the rest. --dry_run appends `_dryrun` to every
@@ -85,6 +86,7 @@ from accelerator_stages import (
 )
 
 RESULTS = ROOT / "benchmarks" / "results"
+DRY_RUN_RESULTS = ROOT / "runs" / "accelerator_check_dryrun"  # in .gitignore's /runs/
 # Statuses that are a result: a later call keeps them unless --force.
 FINAL = ("ok", "failed", "skipped")
 
@@ -95,7 +97,9 @@ def parse_args(argv=None):
   )
   p.add_argument("--time_budget", type=float, default=420.0, help="seconds for the whole call")
   p.add_argument("--dry_run", action="store_true", help="tiny sizes for a CPU (under 2 minutes)")
-  p.add_argument("--out_dir", type=Path, default=RESULTS, help="where the results go")
+  p.add_argument(
+    "--out_dir", type=Path, default=None, help="where the results go (see the docstring)"
+  )
   p.add_argument("--work_dir", type=Path, default=None, help="training runs (see the docstring)")
   p.add_argument("--force", action="store_true", help="rerun stages that already have a result")
   p.add_argument("--stages", default=",".join(STAGES), help="stages to run, comma separated")
@@ -112,6 +116,8 @@ def parse_args(argv=None):
   args.stages = [s for s in STAGES if s in args.stages.split(",")]
   args.train_steps = args.train_steps or (6 if args.dry_run else 300)
   args.train_batch = args.train_batch or (4 if args.dry_run else 256)
+  if args.out_dir is None:
+    args.out_dir = DRY_RUN_RESULTS if args.dry_run else RESULTS
   return args
 
 

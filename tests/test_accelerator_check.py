@@ -108,3 +108,15 @@ def test_stage_status_and_names():
   assert acc.overall(["ok", "not run: time budget", "failed"]) == "failed (1 of 3 cases)"
   assert acc.overall(["error: x", "not run: t"]).startswith("error: x")
   assert acc.slug("NVIDIA H200") == "nvidia_h200" and acc.slug("TPU v5 lite") == "tpu_v5_lite"
+
+
+def test_a_dry_run_writes_where_git_does_not_look():
+  """Its results go under runs/ (ignored), never as untracked files in benchmarks/results."""
+  cli = importlib.import_module("accelerator_check")
+  dry, real = cli.parse_args(["--dry_run"]), cli.parse_args([])
+  assert dry.out_dir == ROOT / "runs" / "accelerator_check_dryrun"
+  assert real.out_dir == ROOT / "benchmarks" / "results"
+  ignored = subprocess.run(
+    ["git", "check-ignore", "-q", str(dry.out_dir / "accelerator_check_cpu_dryrun.json")], cwd=ROOT
+  )
+  assert ignored.returncode == 0
