@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from linformer import axes
@@ -18,7 +17,6 @@ from linformer.attention import SelfAttention, SeqProjection, make_projection, p
 from linformer.config import ConfigError, ModelConfig
 
 _init = nnx.initializers.normal(0.02)  # BERT/RoBERTa's initializer range.
-LOSS_CHUNK = 512  # positions whose vocabulary logits the causal LM's loss makes at a time
 
 
 def _dense(cfg, din, dout, names, rngs):
@@ -245,7 +243,7 @@ class MaskedLM(nnx.Module):
     h = self.encoder(
       input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
     )
-    return self._head(jnp.take_along_axis(h, mlm_positions[:, :, None], axis=1))
+    return self.logits(jnp.take_along_axis(h, mlm_positions[:, :, None], axis=1))
 
   def logits_and_hidden(
     self, input_ids, attention_mask, mlm_positions, *, deterministic=True, rngs=None
@@ -254,9 +252,9 @@ class MaskedLM(nnx.Module):
     h, layers = self.encoder(
       input_ids, attention_mask, deterministic=deterministic, rngs=rngs, all_layers=True
     )
-    return self._head(jnp.take_along_axis(h, mlm_positions[:, :, None], axis=1)), layers
+    return self.logits(jnp.take_along_axis(h, mlm_positions[:, :, None], axis=1)), layers
 
-  def _head(self, h):
+  def logits(self, h):
     """Vocabulary logits of hidden states h (..., hidden), accumulated and returned in float32
     whatever the compute dtype: a bf16 softmax over tens of thousands of classes loses the
     small probabilities the loss needs (MaxText keeps this matmul in float32 too)."""
@@ -291,33 +289,7 @@ class CausalLM(MaskedLM):
     h = self.encoder(
       input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
     )
-    return self._head(h)
-
-  def loss_sums(
-    self, input_ids, attention_mask, targets, weights, *, deterministic=True, rngs=None
-  ):
-    """Summed next-token cross-entropy, correct predictions and count, from logits made
-    `LOSS_CHUNK` positions at a time and recomputed in the backward pass, so the (b, n, vocab)
-    float32 logits never exist whole: at n = 2048 and a 50k vocabulary they are 400 MB per
-    sequence, and their gradient as much again."""
-    h = self.encoder(input_ids, attention_mask, deterministic=deterministic, rngs=rngs)
-    b, n, width = h.shape
-    chunk = min(n, LOSS_CHUNK)
-    pad = -n % chunk
-    pad_to = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    split = lambda x: jnp.moveaxis(pad_to(x).reshape(b, -1, chunk, *x.shape[2:]), 1, 0)
-    weights = weights.astype(jnp.float32)
-
-    @jax.checkpoint
-    def sums(args):
-      h, targets, weights = args
-      logits = self._head(h)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-      correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-      return jnp.stack([jnp.sum(ce * weights), jnp.sum(correct * weights)])
-
-    loss, correct = jax.lax.map(sums, (split(h), split(targets), split(weights))).sum(0)
-    return {"loss": loss, "correct": correct, "weight": jnp.sum(weights)}
+    return self.logits(h)
 
   def init_cache(self, batch_size: int):
     return self.encoder.init_cache(batch_size)
@@ -325,7 +297,7 @@ class CausalLM(MaskedLM):
   def step(self, token_ids, cache, position):
     """Logits (b, vocab) after tokens (b,) at `position`, and the updated cache."""
     h, cache = self.encoder.step(token_ids, cache, position)
-    return self._head(h[:, 0]), cache
+    return self.logits(h[:, 0]), cache
 
 
 class SequenceClassifier(nnx.Module):

@@ -11,7 +11,27 @@ from flax import nnx
 
 from linformer import flops
 from linformer import model as model_lib
-from linformer.tasks.mlm import MaskedLMTask
+from linformer.tasks.mlm import MaskedLMTask, mlm_sums
+
+LOSS_CHUNK = 512  # positions whose vocabulary logits the loss makes at a time
+
+
+def chunked_lm_sums(logits_of, h, targets, weights, chunk: int | None = None):
+  """`mlm_sums` of the logits of hidden states h (b, n, hidden) at every position, made `chunk`
+  positions at a time and recomputed in the backward pass, so the (b, n, vocab) float32 logits
+  never exist whole: at n = 2048 and a 50k vocabulary they are 400 MB per sequence, and their
+  gradient as much again. Padding the last chunk adds zero-weight positions only."""
+  b, n, _ = h.shape
+  chunk = min(n, chunk or LOSS_CHUNK)
+  pad = -n % chunk
+  split = lambda x: jnp.moveaxis(
+    jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)).reshape(b, -1, chunk, *x.shape[2:]),
+    1,
+    0,
+  )
+  one = jax.checkpoint(lambda args: mlm_sums(logits_of(args[0]), args[1], args[2]))
+  sums = jax.lax.map(one, (split(h), split(targets), split(weights.astype(jnp.float32))))
+  return jax.tree.map(lambda x: x.sum(0), sums)
 
 
 class CausalLMTask(MaskedLMTask):
@@ -28,14 +48,10 @@ class CausalLMTask(MaskedLMTask):
     return sum(flops.train_flops(cfg, cfg.max_len, "clm").values())
 
   def loss(self, model, batch, *, deterministic, rngs):
-    return model.loss_sums(
-      batch["input_ids"],
-      batch["attention_mask"],
-      batch["targets"],
-      batch["weights"],
-      deterministic=deterministic,
-      rngs=rngs,
+    h = model.encoder(
+      batch["input_ids"], batch["attention_mask"], deterministic=deterministic, rngs=rngs
     )
+    return chunked_lm_sums(model.logits, h, batch["targets"], batch["weights"])
 
   def fill_mask(self, model, text: str, top_k: int = 5) -> dict:
     raise ValueError("--fill_mask: a causal LM has no masks to fill; use --generate.")
