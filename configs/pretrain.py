@@ -91,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.init_from = ""  # a run's workdir to continue from (all its weights); empty: scratch
   # fmt: off
   config.model = ml_collections.ConfigDict(dict(
+    vocab_multiple=128,  # embedding rows padded to a multiple of this, to shard (vocab: data's)
     max_len=n, num_layers=s.layers, hidden_size=s.hidden, num_heads=s.heads, mlp_dim=s.mlp,
     attention=args.get("attention", "linformer"), k=k, sharing=args.get("sharing", "none"),
     projection=args.get("projection", "learned"),
@@ -98,7 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     causal=False, segment_len=0,  # decoders: configs/clm.py
     dropout_rate=0.1, attention_dropout_rate=0.1, activation_dropout_rate=0.0,
     pre_ln=False, layer_norm_eps=1e-5,
-    type_vocab_size=0, gelu_approximate=False, dtype="float32", remat=False,
+    type_vocab_size=0, gelu_approximate=False, remat=False,
+    dtype="auto",  # compute: bfloat16 on GPU/TPU, float32 on CPU; parameters stay float32
     attention_impl=ml_collections.config_dict.placeholder(str),  # None | xla | cudnn
   ))
   # fmt: on

@@ -12,16 +12,27 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+
 ATTENTION_KINDS = ("linformer", "full")
 SHARING_MODES = ("none", "headwise", "kv", "layerwise")
 PROJECTIONS = ("learned", "random", "mean_pool", "max_pool", "conv")
 PROJECTION_INITS = ("normal", "pool")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
 
 
 class ConfigError(ValueError):
   """A configuration value that cannot work; the message names the field and the fix."""
+
+
+def resolve_dtype(dtype: str, platform: str | None = None) -> str:
+  """'auto' computes in bfloat16 on GPU and TPU, whose matrix units run it at several times the
+  float32 rate, and in float32 on CPU, where bfloat16 is emulated and slower (and CPU results
+  stay those of float32). Other values are returned as given."""
+  if dtype != "auto":
+    return dtype
+  return "float32" if (platform or jax.default_backend()) == "cpu" else "bfloat16"
 
 
 def _field_error(field: str, value: Any, problem: str, fix: str) -> ConfigError:
@@ -33,6 +44,11 @@ class ModelConfig:
   """Shape and behaviour of the encoder. Defaults are RoBERTa-base with Linformer k=128."""
 
   vocab_size: int = 50265
+  # The embedding table (and MLM bias) has vocab_size rounded up to a multiple of this many rows,
+  # so that it shards over the mesh (50265 and 30522 divide no axis above 2; lm1b and MaxText
+  # pad to 128 too). The padded rows start at zero, are never looked up, and the heads return
+  # logits of the vocab_size real ids only, so the padded rows never win and stay zero.
+  vocab_multiple: int = 128
   max_len: int = 512  # n: the longest sequence the model accepts (position embeddings, E and F).
   num_layers: int = 12
   hidden_size: int = 768
@@ -60,7 +76,9 @@ class ModelConfig:
   layer_norm_eps: float = 1e-5
   type_vocab_size: int = 0  # 0: no token-type embeddings (RoBERTa); 2 for BERT checkpoints.
   gelu_approximate: bool = False  # RoBERTa and BERT use the exact (erf) GELU.
-  dtype: str = "float32"  # computation dtype; parameters are always float32.
+  # Computation dtype; parameters and optimizer state are always float32. 'auto': bfloat16 on
+  # GPU and TPU, float32 on CPU (resolve_dtype; the training loop records the concrete value).
+  dtype: str = "auto"
   remat: bool = False  # recompute each layer's activations in the backward pass.
   # jax.nn.dot_product_attention's implementation when attention dropout is off: None lets JAX
   # choose (XLA), 'cudnn' is flash attention on NVIDIA GPUs (float16/bfloat16 only; full
@@ -70,6 +88,7 @@ class ModelConfig:
   def __post_init__(self):
     if isinstance(self.k, Sequence) and not isinstance(self.k, str):
       object.__setattr__(self, "k", tuple(int(v) for v in self.k))
+    object.__setattr__(self, "dtype", resolve_dtype(self.dtype))
     self.validate()
 
   @classmethod
@@ -94,6 +113,11 @@ class ModelConfig:
     return self.hidden_size // self.num_heads
 
   @property
+  def padded_vocab_size(self) -> int:
+    """Rows of the embedding table: vocab_size rounded up to a multiple of vocab_multiple."""
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+  @property
   def layer_ks(self) -> tuple[int, ...]:
     """k for each layer."""
     if isinstance(self.k, tuple):
@@ -101,7 +125,15 @@ class ModelConfig:
     return (self.k,) * self.num_layers
 
   def validate(self) -> None:
-    for name in ("vocab_size", "max_len", "num_layers", "hidden_size", "num_heads", "mlp_dim"):
+    for name in (
+      "vocab_size",
+      "vocab_multiple",
+      "max_len",
+      "num_layers",
+      "hidden_size",
+      "num_heads",
+      "mlp_dim",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise _field_error(name, value, "must be a positive integer", f"set {name} > 0")

@@ -19,6 +19,17 @@ from linformer.config import ConfigError, ModelConfig
 _init = nnx.initializers.normal(0.02)  # BERT/RoBERTa's initializer range.
 
 
+def _padded_rows(init, rows: int):
+  """`init` for the first `rows` rows (drawn exactly as an unpadded table's), zeros below:
+  the vocabulary padding of `ModelConfig.vocab_multiple`."""
+
+  def padded(key, shape, dtype=jnp.float32):
+    real = init(key, (rows, *shape[1:]), dtype)
+    return jnp.pad(real, [(0, shape[0] - rows)] + [(0, 0)] * (len(shape) - 1))
+
+  return padded
+
+
 def _dense(cfg, din, dout, names, rngs):
   return nnx.Linear(
     din,
@@ -52,11 +63,11 @@ class Embeddings(nnx.Module):
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
     self.token = nnx.Embed(
-      cfg.vocab_size,
+      cfg.padded_vocab_size,
       cfg.hidden_size,
       dtype=dtype,
       rngs=rngs,
-      embedding_init=partitioned(_init, axes.VOCAB, axes.EMBED),
+      embedding_init=partitioned(_padded_rows(_init, cfg.vocab_size), axes.VOCAB, axes.EMBED),
     )
     self.position = nnx.Embed(
       cfg.max_len,
@@ -227,7 +238,9 @@ class MaskedLM(nnx.Module):
     )
     self.mlm_norm = _layer_norm(cfg, rngs)
     self.mlm_bias = nnx.Param(
-      jnp.zeros((cfg.vocab_size,), jnp.float32), out_sharding=(axes.VOCAB,), eager_sharding=False
+      jnp.zeros((cfg.padded_vocab_size,), jnp.float32),
+      out_sharding=(axes.VOCAB,),
+      eager_sharding=False,
     )
 
   def __call__(
@@ -257,12 +270,15 @@ class MaskedLM(nnx.Module):
   def logits(self, h):
     """Vocabulary logits of hidden states h (..., hidden), accumulated and returned in float32
     whatever the compute dtype: a bf16 softmax over tens of thousands of classes loses the
-    small probabilities the loss needs (MaxText keeps this matmul in float32 too)."""
+    small probabilities the loss needs (MaxText keeps this matmul in float32 too).
+
+    Only the `vocab_size` real ids are scored: the table's padding rows (vocab_multiple) are
+    sliced off, so no loss, fill-mask or generation can pick a padded id."""
     h = self.mlm_norm(_gelu(self.cfg, self.mlm_dense(h)))
     dtype = jnp.dtype(self.cfg.dtype)
     table = self.encoder.embeddings.token.embedding[...].astype(dtype)
     logits = jnp.dot(h.astype(dtype), table.T, preferred_element_type=jnp.float32)
-    return logits + self.mlm_bias[...]
+    return (logits + self.mlm_bias[...])[..., : self.cfg.vocab_size]
 
 
 class CausalLM(MaskedLM):

@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from linformer import model as model_lib
-from linformer.config import ConfigError, ModelConfig
+from linformer.config import ConfigError, ModelConfig, resolve_dtype
 from linformer.model import Encoder, MaskedLM, SequenceClassifier
 from linformer.tasks.clm import chunked_lm_sums
 from linformer.tasks.mlm import mlm_sums
@@ -29,8 +29,31 @@ def test_mlm_logits_only_at_asked_positions():
   # Tied decoder: the same values as scoring every position and gathering.
   hidden = model.encoder(ids, mask)
   h = model.mlm_norm(jax.nn.gelu(model.mlm_dense(hidden), approximate=False))
-  full = h @ model.encoder.embeddings.token.embedding[...].T + model.mlm_bias[...]
+  full = (h @ model.encoder.embeddings.token.embedding[...].T + model.mlm_bias[...])[..., :97]
   np.testing.assert_allclose(logits, jnp.take_along_axis(full, positions[..., None], 1), atol=1e-5)
+
+
+def test_padded_vocabulary_rows_are_zero_and_never_scored():
+  """97 ids in a table of 128 rows (vocab_multiple): the real rows are those an unpadded table
+  draws, the padding rows are zero, no logit scores them and no gradient reaches them (so AdamW,
+  whose update and decay of a zero parameter with zero gradient are zero, keeps them zero)."""
+  padded = MaskedLM(ModelConfig(**SMALL), rngs=nnx.Rngs(0))
+  exact = MaskedLM(ModelConfig(**SMALL, vocab_multiple=1), rngs=nnx.Rngs(0))
+  table = padded.encoder.embeddings.token.embedding[...]
+  assert table.shape == (128, 32) and padded.mlm_bias[...].shape == (128,)
+  np.testing.assert_array_equal(table[:97], exact.encoder.embeddings.token.embedding[...])
+  np.testing.assert_array_equal(table[97:], 0)
+  ids = jnp.arange(2 * 64).reshape(2, 64) % 97
+  positions = jnp.array([[0, 5, 9], [63, 1, 1]])
+  args = (ids, jnp.ones_like(ids), positions)
+  np.testing.assert_array_equal(padded(*args), exact(*args))
+
+  def loss(model):
+    return jnp.mean(jax.nn.log_softmax(model(*args))[..., 3])
+
+  grads = nnx.grad(loss)(padded)
+  np.testing.assert_array_equal(grads.encoder.embeddings.token.embedding[...][97:], 0)
+  np.testing.assert_array_equal(grads.mlm_bias[...][97:], 0)
 
 
 @pytest.mark.parametrize("num_labels", [1, 3])
@@ -126,9 +149,21 @@ def test_nonuniform_k_builds_per_layer_shapes():
   assert ModelConfig(**{**SMALL, "k": [32, 8]}).to_dict()["k"] == [32, 8]
 
 
+def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
+  assert ModelConfig().dtype == ModelConfig(dtype=resolve_dtype("auto")).dtype
+  assert [resolve_dtype("auto", p) for p in ("gpu", "tpu", "cpu")] == [
+    "bfloat16",
+    "bfloat16",
+    "float32",
+  ]
+  assert resolve_dtype("float32", "gpu") == "float32"  # an explicit dtype is kept
+  if jax.default_backend() == "cpu":
+    assert ModelConfig(**SMALL).dtype == "float32"  # CPU results are float32's, unchanged
+
+
 def test_cudnn_attention_needs_half_precision():
   with pytest.raises(ConfigError, match="attention_impl='cudnn'.*float16 or bfloat16"):
-    ModelConfig(**SMALL, attention_impl="cudnn")
+    ModelConfig(**SMALL, attention_impl="cudnn", dtype="float32")
   ModelConfig(**SMALL, attention_impl="cudnn", dtype="bfloat16")  # fine
 
 
@@ -158,7 +193,7 @@ def test_float32_logits_are_the_tied_decoder_exactly():
   f32, _, (ids, mask, positions), _ = _mlm_pair()
   h = jnp.take_along_axis(f32.encoder(ids, mask), positions[..., None], 1)
   h = f32.mlm_norm(jax.nn.gelu(f32.mlm_dense(h), approximate=False))
-  expected = f32.encoder.embeddings.token.attend(h) + f32.mlm_bias[...]
+  expected = (f32.encoder.embeddings.token.attend(h) + f32.mlm_bias[...])[..., :5000]
   np.testing.assert_array_equal(f32(ids, mask, positions), expected)  # float32 runs unchanged
 
 
@@ -171,7 +206,7 @@ def test_bf16_logits_are_accumulated_and_returned_in_float32():
   logits = b16.logits(h)
   hh = b16.mlm_norm(jax.nn.gelu(b16.mlm_dense(h), approximate=False)).astype(jnp.float32)
   table = b16.encoder.embeddings.token.embedding[...].astype(jnp.bfloat16).astype(jnp.float32)
-  expected = jnp.dot(hh, table.T, precision="highest") + b16.mlm_bias[...]
+  expected = (jnp.dot(hh, table.T, precision="highest") + b16.mlm_bias[...])[..., :5000]
   assert logits.dtype == jnp.float32
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
 

@@ -36,7 +36,14 @@ def test_rules_from_the_config_change_the_layout():
 
 def test_an_indivisible_axis_is_replicated_and_logged_by_name(caplog):
   cfg = ModelConfig(
-    vocab_size=101, max_len=32, num_layers=1, hidden_size=32, num_heads=4, mlp_dim=64, k=8
+    vocab_size=101,
+    vocab_multiple=1,  # no padding: 101 rows divide no axis
+    max_len=32,
+    num_layers=1,
+    hidden_size=32,
+    num_heads=4,
+    mlp_dim=64,
+    k=8,
   )
   with caplog.at_level("WARNING"):
     s = shardings({"data": 4, "tensor": 2}, cfg=cfg)
@@ -58,3 +65,18 @@ def test_an_indivisible_axis_is_replicated_and_logged_by_name(caplog):
 def test_bad_rules_name_the_field(rules, message):
   with pytest.raises(ConfigError, match=message):
     shardings({"data": 1}, rules)
+
+
+@pytest.mark.parametrize("mesh_config", [{"fsdp": 8}, {"tensor": 2, "fsdp": 4}])
+def test_no_parameter_of_the_base_model_is_replicated(mesh_config, caplog):
+  """RoBERTa-base's vocabulary, 50265 = 3 x 5 x 3351, divides no mesh axis above 1; padded to a
+  multiple of 128 (config.model.vocab_multiple) the embedding table and the MLM bias shard as
+  the other parameters do, and nothing falls back to replication."""
+  base = ModelConfig()  # size=base: 12 layers of 768, RoBERTa's vocabulary, k=128
+  assert base.vocab_size == 50265 and base.padded_vocab_size == 50304
+  with caplog.at_level("WARNING"):
+    s = shardings({"data": 1, **mesh_config}, cfg=base)
+  assert not [r.getMessage() for r in caplog.records if "Replicated" in r.getMessage()]
+  if "tensor" in mesh_config:
+    assert s["encoder"]["embeddings"]["token"]["embedding"].spec == P("tensor", "fsdp")
+    assert s["mlm_bias"].spec == P("tensor")

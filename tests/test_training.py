@@ -63,6 +63,14 @@ def test_loss_falls_and_outputs_are_written(reference):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert os.path.exists(os.path.join(workdir, "tokenizer"))
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6"]
+  # The 1000-id vocabulary's table has 1024 rows (vocab_multiple=128); the padding stays zero.
+  params = params_of(result)
+  assert params["encoder"]["embeddings"]["token"]["embedding"].shape == (1024, 64)
+  np.testing.assert_array_equal(params["encoder"]["embeddings"]["token"]["embedding"][1000:], 0)
+  np.testing.assert_array_equal(params["mlm_bias"][1000:], 0)
+  # dtype='auto', the default, computed in float32 here (a CPU) and config.json says so.
+  assert small_config("").model.dtype == "auto"
+  assert checkpointing.load_config(workdir).model.dtype == "float32"
 
 
 def test_sharded_equals_unsharded(data_dir, pydocs_tokenizer, tmp_path):

@@ -45,8 +45,8 @@ def position_offset(model_type: str, pad_token_id: int) -> int:
   return pad_token_id + 1 if model_type == "roberta" else 0
 
 
-def _has_head(params: Mapping[tuple, np.ndarray], model_type: str) -> bool:
-  head = [t.path for t in names.head_tensors(model_type)]
+def _has_head(params: Mapping[tuple, np.ndarray], model_type: str, cfg: ModelConfig) -> bool:
+  head = [t.path for t in names.head_tensors(model_type, cfg)]
   present = [p for p in head if p in params]
   if present and len(present) != len(head):
     raise ValueError(f"The parameters hold part of the MLM head only ({names.dotted(present)}).")
@@ -66,7 +66,7 @@ def export_params(
   if model_type not in MODEL_TYPES:
     raise ValueError(f"model_type={model_type!r}: use one of {MODEL_TYPES}.")
   params = {tuple(p): np.asarray(v) for p, v in params.items()}
-  head = _has_head(params, model_type)
+  head = _has_head(params, model_type, cfg)
   prefix = model_type + "." if head else ""
   c = cfg.hidden_size
   out = {}
@@ -198,7 +198,7 @@ def export_dir(
     cfg,
     model_type,
     tokenizer,
-    head=_has_head(params, model_type),
+    head=_has_head(params, model_type, cfg),
     sentencepiece=sentencepiece,
     source=source,
   )

@@ -31,6 +31,8 @@ LINFORMER_PREFIX = "linformer."
 POSITIONS = ("encoder", "embeddings", "position", "embedding")
 TOKEN_TYPES = ("encoder", "embeddings", "token_type", "embedding")
 WORDS = ("encoder", "embeddings", "token", "embedding")
+MLM_BIAS = ("mlm_bias",)
+VOCAB_ROWS = (WORDS, MLM_BIAS)  # a row per vocabulary id, padded to ModelConfig.vocab_multiple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,31 @@ def _transpose(a):  # nn.Linear weight (out, in) <-> kernel (in, out)
   return a.T
 
 
+def _vocab_rows(cfg: ModelConfig):
+  """(to_project, to_hf) for tensors with a row per vocabulary id: HF has `vocab_size` rows, the
+  project's table `padded_vocab_size` (ModelConfig.vocab_multiple), the padding rows zero."""
+  pad = cfg.padded_vocab_size - cfg.vocab_size
+
+  def to_project(a):
+    if a.shape[0] != cfg.vocab_size:
+      raise ValueError(f"{a.shape[0]} rows for vocab_size={cfg.vocab_size}")
+    return np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+
+  return to_project, lambda a: a[: cfg.vocab_size]
+
+
+def resize_vocab_rows(value: np.ndarray, path: tuple, rows: int) -> np.ndarray:
+  """A project run's vocabulary-row parameter (token embeddings, MLM bias) with `rows` rows: a
+  run saved with another vocab_multiple differs only in its zero padding rows."""
+  if path not in VOCAB_ROWS or value.shape[0] == rows:
+    return value
+  if value.shape[0] > rows:
+    if np.any(value[rows:]):
+      raise ValueError(f"{'.'.join(map(str, path))}: rows {rows}.. are not padding (nonzero)")
+    return value[:rows]
+  return np.pad(value, [(0, rows - value.shape[0])] + [(0, 0)] * (value.ndim - 1))
+
+
 def hf_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
   """Every parameter HF BERT/RoBERTa has a name for, in `MaskedLM(cfg)`'s paths.
 
@@ -61,7 +88,7 @@ def hf_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
   h, d, c = cfg.num_heads, cfg.head_dim, cfg.hidden_size
   e = ("encoder",)
   out = [
-    Tensor(WORDS, "embeddings.word_embeddings.weight", _same, _same),
+    Tensor(WORDS, "embeddings.word_embeddings.weight", *_vocab_rows(cfg)),
     Tensor(POSITIONS, "embeddings.position_embeddings.weight", _same, _same),
     Tensor(e + ("embeddings", "norm", "scale"), "embeddings.LayerNorm.weight", _same, _same),
     Tensor(e + ("embeddings", "norm", "bias"), "embeddings.LayerNorm.bias", _same, _same),
@@ -107,7 +134,7 @@ def hf_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
     for ours, theirs in (("mlp_in", "intermediate.dense"), ("mlp_out", "output.dense")):
       out.append(Tensor(p + (ours, "kernel"), n + theirs + ".weight", _transpose, _transpose))
       out.append(Tensor(p + (ours, "bias"), n + theirs + ".bias", _same, _same))
-  return out + head_tensors(model_type)
+  return out + head_tensors(model_type, cfg)
 
 
 def head_names(model_type: str) -> dict[str, str]:
@@ -126,7 +153,7 @@ def head_names(model_type: str) -> dict[str, str]:
   )
 
 
-def head_tensors(model_type: str) -> list[Tensor]:
+def head_tensors(model_type: str, cfg: ModelConfig) -> list[Tensor]:
   """The MLM head (BertForMaskedLM's `cls.predictions` or RobertaForMaskedLM's `lm_head`); its
   decoder is tied to the word embeddings and has no tensor of its own."""
   n = head_names(model_type)
@@ -135,7 +162,7 @@ def head_tensors(model_type: str) -> list[Tensor]:
     Tensor(("mlm_dense", "bias"), n["dense"] + ".bias", _same, _same, True),
     Tensor(("mlm_norm", "scale"), n["norm"] + ".weight", _same, _same, True),
     Tensor(("mlm_norm", "bias"), n["norm"] + ".bias", _same, _same, True),
-    Tensor(("mlm_bias",), n["bias"], _same, _same, True),
+    Tensor(MLM_BIAS, n["bias"], *_vocab_rows(cfg), True),
   ]
 
 

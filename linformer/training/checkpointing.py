@@ -20,7 +20,8 @@ from linformer.config import ConfigError
 
 CONFIG_FILE = "config.json"
 # Fields that may change when a run resumes: schedule length (to extend a run), logging and
-# checkpoint cadence, evaluation size, mesh shape and data-loading workers.
+# checkpoint cadence, evaluation size, mesh shape, data-loading workers and how the same
+# parameters are computed (dtype, attention implementation, remat).
 MAY_CHANGE = (
   "num_train_steps",
   "eval_every_steps",
@@ -34,6 +35,7 @@ MAY_CHANGE = (
   "init_from",
   "model.attention_impl",
   "model.remat",
+  "model.dtype",  # compute only (parameters are float32): 'auto' resumes a CPU run on a GPU
   "peak_flops",
   "eval_at_start",
 )
@@ -54,6 +56,7 @@ ADDED_FIELDS = {
   "distill.alpha": 0.0,
   "distill.beta": 0.0,
   "distill.temperature": 1.0,
+  "model.vocab_multiple": 1,  # the embedding table had exactly vocab_size rows
 }
 
 LATEST, BEST = "checkpoints", "best"
@@ -189,8 +192,9 @@ def check_or_write_config(workdir: str, config) -> None:
 
 
 def load_config(workdir: str):
-  """The config a run in `workdir` was started with; a ConfigError naming the workdir if it
-  holds no run or its config.json is torn."""
+  """The config a run in `workdir` was started with, fields added since filled with what it ran
+  with (ADDED_FIELDS); a ConfigError naming the workdir if it holds no run or its config.json
+  is torn."""
   import ml_collections
 
   path = os.path.join(workdir, CONFIG_FILE)
@@ -211,4 +215,10 @@ def load_config(workdir: str):
       f"{path} is torn or not a config ({type(e).__name__}: {e}). Fix: restore it from a copy, "
       "or delete it and rerun the run's original train.py command, which saves it again."
     ) from None
+  for key, value in ADDED_FIELDS.items():  # what an older run ran with
+    *parents, leaf = key.split(".")
+    node = saved
+    for part in parents:
+      node = node.setdefault(part, {})
+    node.setdefault(leaf, value)
   return ml_collections.ConfigDict(saved)

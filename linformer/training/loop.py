@@ -15,7 +15,7 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from linformer.config import ConfigError
+from linformer.config import ConfigError, resolve_dtype
 from linformer.tasks import get_task
 from linformer.training import checkpointing, partitioning, run_logs, validation, warm_start
 from linformer.training.meter import TrainMeter, peak_flops
@@ -26,6 +26,19 @@ from linformer.training.trainer import evaluate, make_trainer, num_train_steps
 def _eval_line(metrics) -> str:
   """An evaluation for the terminal; per-layer values stay in metrics.jsonl."""
   return ", ".join(f"eval {k} {v:.4g}" for k, v in metrics.items() if "/layer" not in k)
+
+
+def _concrete_dtype(config):
+  """config.model.dtype='auto' made concrete for this platform, so config.json records what ran."""
+  asked = config.model.get("dtype", "float32")
+  dtype = resolve_dtype(asked, jax.default_backend())
+  if dtype != asked:
+    config = config.copy_and_resolve_references()
+    config.model.dtype = dtype
+  if jax.process_index() == 0:
+    how = f" (config.model.dtype='auto' on {jax.default_backend()})" if dtype != asked else ""
+    print(f"Computing in {dtype}{how}; parameters and optimizer state in float32.")
+  return config
 
 
 def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -> dict[str, Any]:
@@ -43,6 +56,7 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
     config = source.apply_to(config)
     validation.check_model(config)  # the widths the checkpoint fixes
   config = validation.check_data(config, run, has_source=source is not None)
+  config = _concrete_dtype(config)
   task = get_task(config)
   os.makedirs(workdir, exist_ok=True)
   checkpointing.check_or_write_config(workdir, config)

@@ -16,6 +16,7 @@ from linformer.convert import names
 from linformer.convert.export import source_hf_config
 from linformer.convert.hf_config import config_for_checkpoint
 from linformer.convert.hf_import import target_shapes
+from linformer.data.tokenizer import Tokenizer
 from linformer.tasks import get_task
 from linformer.training import checkpointing, partitioning, warm_start
 from linformer.training.trainer import make_trainer
@@ -87,9 +88,10 @@ def run_params(workdir: str, step: int | None = None):
   params = {**names.flatten(raw["params"]), **names.flatten(raw.get("rest") or {})}
   if names.WORDS not in params:
     raise ValueError(f"{workdir}: the checkpoint has no encoder (no {names.WORDS}).")
-  cfg = ModelConfig.from_dict(
-    {**config.model.to_dict(), "vocab_size": int(params[names.WORDS].shape[0])}
-  )
+  vocab = config.model.get("vocab_size")  # else the run's tokenizer decided it, as in the task
+  if not vocab:
+    vocab = Tokenizer.load(os.path.join(workdir, "tokenizer")).vocab_size
+  cfg = ModelConfig.from_dict({**config.model.to_dict(), "vocab_size": vocab})
   hf = source_hf_config(config)
   if hf is not None:
     cfg = config_for_checkpoint(cfg, hf)

@@ -40,6 +40,7 @@ FREE_MODEL_FIELDS = (
   "remat",
   "attention_impl",
   "projection_init",
+  "vocab_multiple",  # only zero padding rows differ (names.resize_vocab_rows)
 )
 # Model fields the task decides: a causal LM may start from a masked-LM run. They change no shape
 # but the causal Linformer's learned or random E and F ((k, segment_len), not (k, max_len)).
@@ -245,6 +246,11 @@ def copy_values(tree, values: Mapping[tuple, np.ndarray]):
     if key not in values:
       return leaf
     value = values[key]
+    if key in names.VOCAB_ROWS and value.ndim == leaf.ndim:
+      try:
+        value = names.resize_vocab_rows(np.asarray(value), key, leaf.shape[0])
+      except ValueError as e:
+        raise ConfigError(f"config.init_from: {e}; the vocabularies differ.") from None
     if tuple(value.shape) != tuple(leaf.shape):
       raise ConfigError(
         f"config.init_from: {dotted(key)} has shape {tuple(value.shape)} in the "
