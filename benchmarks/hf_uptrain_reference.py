@@ -294,7 +294,7 @@ def lockstep(args):
       pred.transform.dense.bias.copy_(as_t(fresh.mlm_dense.bias))
       pred.transform.LayerNorm.weight.copy_(as_t(fresh.mlm_norm.scale))
       pred.transform.LayerNorm.bias.copy_(as_t(fresh.mlm_norm.bias))
-      pred.bias.copy_(as_t(fresh.mlm_bias))
+      pred.bias.copy_(as_t(fresh.mlm_bias)[: cfg.vocab_size])  # less the vocab padding
   args.steps, args.freeze = config.num_train_steps, config.freeze_pretrained_steps
   args.freeze_lr, args.lr = config.freeze_lr, config.optimizer.lr
   args.warmup, args.clip = config.optimizer.warmup_steps, config.optimizer.grad_clip_norm

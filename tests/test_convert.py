@@ -233,7 +233,10 @@ def test_fields_and_errors(hf_model, tmp_path):
     json.dump(hf, f)
   params, report = import_params(str(tmp_path), cfg)
   assert report.head_imported and report.new == ()
-  np.testing.assert_array_equal(params[("mlm_bias",)], tensors[head["bias"]])
+  bias = params[names.MLM_BIAS]  # vocab_size rows, then zero padding (vocab_multiple)
+  assert bias.shape == (cfg.padded_vocab_size,) and cfg.padded_vocab_size > cfg.vocab_size
+  np.testing.assert_array_equal(bias[: cfg.vocab_size], tensors[head["bias"]])
+  np.testing.assert_array_equal(bias[cfg.vocab_size :], 0)
 
   for match, case in cases.items():
     save_file(
@@ -246,10 +249,14 @@ def test_fields_and_errors(hf_model, tmp_path):
 
 
 def random_params(cfg, seed=0):
-  """Every variable of MaskedLM(cfg) (fixed projections too) set to random float32 values."""
+  """Every variable of MaskedLM(cfg) (fixed projections too) set to random float32 values, but
+  the vocabulary padding rows, which a MaskedLM keeps at zero."""
   rng = np.random.default_rng(seed)
   state = nnx.split(nnx.eval_shape(lambda: MaskedLM(cfg, rngs=nnx.Rngs(0))))[1]
-  return {p: rng.normal(size=v.shape).astype(np.float32) for p, v in nnx.to_flat_state(state)}
+  params = {p: rng.normal(size=v.shape).astype(np.float32) for p, v in nnx.to_flat_state(state)}
+  for path in names.VOCAB_ROWS:
+    params[path][cfg.vocab_size :] = 0
+  return params
 
 
 SMALL = dict(vocab_size=VOCAB, max_len=32, num_layers=2, hidden_size=16, num_heads=2, mlp_dim=32)
