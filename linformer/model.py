@@ -175,6 +175,7 @@ class Encoder(nnx.Module):
   ):
     """The last hidden states; with `all_layers`, a list of every layer's output too."""
     x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
+    x = axes.constrain_batch(x)
     outputs = []
     for layer in self.layers:
       if self.cfg.remat:
@@ -183,6 +184,7 @@ class Encoder(nnx.Module):
         )
       else:
         x = layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
+      x = axes.constrain_batch(x)
       outputs.append(x)
     if self.cfg.pre_ln:
       x = self.final_norm(x)

@@ -1,11 +1,16 @@
 """Sharding rules from the config: logical axis names onto the (data, fsdp, tensor) mesh."""
 
+import contextlib
+
+import jax
+import jax.numpy as jnp
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from linformer import axes
 from linformer.config import ConfigError, ModelConfig
-from linformer.model import MaskedLM
+from linformer.model import Encoder, MaskedLM
 from linformer.training import partitioning
 
 CFG = ModelConfig(
@@ -80,3 +85,26 @@ def test_no_parameter_of_the_base_model_is_replicated(mesh_config, caplog):
   if "tensor" in mesh_config:
     assert s["encoder"]["embeddings"]["token"]["embedding"].spec == P("tensor", "fsdp")
     assert s["mlm_bias"].spec == P("tensor")
+
+
+def test_hidden_states_are_constrained_to_the_data_parallel_axes_inside_a_step():
+  """Inside `activation_sharding` (the trainer's steps) the embeddings' and every layer's output
+  keep their rows on the data and fsdp devices, the other axes left to XLA; outside (eager
+  calls, decoding) the model adds no constraint."""
+  mesh = partitioning.make_mesh({"data": 2, "fsdp": 4})
+  model = Encoder(CFG, rngs=nnx.Rngs(0))
+  ids = jnp.ones((8, 32), jnp.int32)
+
+  def constraints(in_step):
+    def forward(ids):
+      with axes.activation_sharding(mesh) if in_step else contextlib.nullcontext():
+        return model(ids, jnp.ones_like(ids))
+
+    eqns = jax.make_jaxpr(forward)(ids).eqns
+    return [e.params["sharding"].spec for e in eqns if e.primitive.name == "sharding_constraint"]
+
+  unconstrained = P.UNCONSTRAINED
+  assert constraints(True) == [P(("data", "fsdp"), unconstrained, unconstrained)] * (
+    1 + CFG.num_layers
+  )
+  assert constraints(False) == []

@@ -24,7 +24,7 @@ from linformer import axes
 from linformer.config import ConfigError
 
 MESH_AXES = axes.MESH_AXES
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = axes.BATCH_AXES
 
 
 def default_rules() -> dict[str, str | None]:

@@ -22,6 +22,7 @@ import optax
 from flax import nnx, struct
 from tqdm import tqdm
 
+from linformer import axes
 from linformer.config import ConfigError
 from linformer.tasks import Task
 from linformer.training import optimizer, partitioning, warm_start
@@ -171,21 +172,31 @@ def make_trainer(
       return grads, sums
 
     def train_step(state: TrainState, batch):
+      with axes.activation_sharding(mesh):  # activations keep their rows on their devices
+        return _train_step(state, batch)
+
+    def _train_step(state: TrainState, batch):
       if accum == 1:
         grads, sums = grads_and_sums(state, batch, 0)
       else:
         # Micro-batch i takes rows i, i + accum, ...: every device keeps its own rows.
         micro = jax.tree.map(lambda x: x.reshape(-1, accum, *x.shape[1:]), batch)
 
+        # The summed gradients are sharded as the parameters are (else XLA may replicate the
+        # carry: a whole model's gradients on every device).
+        as_params = lambda g: axes.constrain_like(g, state_sharding.params)
+
         def body(carry, i):
           mb = jax.tree.map(lambda x: x[:, i], micro)
           g, s = grads_and_sums(state, mb, i)
-          return jax.tree.map(jnp.add, carry, (g, s)), None
+          g, s = jax.tree.map(jnp.add, carry, (g, s))
+          return (as_params(g), s), None
 
         zeros = jax.eval_shape(
           lambda: grads_and_sums(state, jax.tree.map(lambda x: x[:, 0], micro), 0)
         )
         zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)
+        zeros = (as_params(zeros[0]), zeros[1])
         (grads, sums), _ = jax.lax.scan(body, zeros, jnp.arange(accum))
       # The loss is a sum over predictions; normalise once for the whole batch.
       grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
@@ -216,9 +227,10 @@ def make_trainer(
 
   def eval_step(state: TrainState, batch):
     model = nnx.merge(graphdef, state.params, state.rest)
-    outputs = task.eval_outputs(model, batch)
-    if teacher_graphdef is not None:  # how far each layer's attention is from the teacher's
-      outputs = {**outputs, **task.teacher_eval_outputs(model, teacher_of(state), batch)}
+    with axes.activation_sharding(mesh):
+      outputs = task.eval_outputs(model, batch)
+      if teacher_graphdef is not None:  # how far each layer's attention is from the teacher's
+        outputs = {**outputs, **task.teacher_eval_outputs(model, teacher_of(state), batch)}
     return outputs
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
