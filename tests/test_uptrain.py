@@ -46,8 +46,13 @@ def flat(params):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sharing", ["none", "headwise", "kv", "layerwise"])
-def test_init_from_hf_trains_with_each_sharing_mode(sharing, hf_dir, data_dir, tmp_path):
+# Per-layer E/F and the one module every layer shares. headwise and kv differ from none only in
+# how many matrices a layer holds (tests/test_attention.py) and import and export as none does
+# (tests/test_convert.py round-trips all four modes).
+@pytest.mark.parametrize("sharing", ["none", "layerwise"])
+def test_init_from_hf_trains_with_per_layer_and_shared_projections(
+  sharing, hf_dir, data_dir, tmp_path
+):
   config = uptrain_config(hf_dir, data_dir, f"n=64,k=16,steps=2,batch=4,freeze=1,sharing={sharing}")
   result = train_and_evaluate(config, str(tmp_path))
   assert int(result["state"].step) == 2 and np.isfinite(result["train"]["loss"])
