@@ -38,6 +38,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
+from train_throughput import SyntheticMLMTask, get_config  # noqa: E402
 
 from linformer import axes  # noqa: E402
 from linformer.config import ModelConfig  # noqa: E402
@@ -45,9 +46,6 @@ from linformer.measure import compiled_memory  # noqa: E402
 from linformer.model import MaskedLM  # noqa: E402
 from linformer.training import partitioning  # noqa: E402
 from linformer.training.trainer import make_trainer  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_throughput import SyntheticMLMTask, get_config  # noqa: E402
 
 MESHES = {"fsdp=8": {"data": 1, "fsdp": 8}, "tensor=2, fsdp=4": {"data": 1, "fsdp": 4, "tensor": 2}}
 MB = 2**20

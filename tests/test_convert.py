@@ -363,3 +363,17 @@ def test_full_attention_export_loads_in_transformers(model_type, tmp_path):
   got = np.asarray(model(ids, mask, positions, types if model_type == "bert" else None))
   diff = np.abs(got - want).max()
   assert diff < 1e-4, diff
+
+
+def test_vocabulary_rows_resize_between_multiples():
+  """A run saved with another config.model.vocab_multiple differs only in zero padding rows, so
+  a warm start pads or cuts them; cutting a real (nonzero) row is an error."""
+  table = np.arange(12.0).reshape(6, 2)
+  table[4:] = 0  # 4 ids padded to 6 rows
+  np.testing.assert_array_equal(names.resize_vocab_rows(table, names.WORDS, 8)[:6], table)
+  np.testing.assert_array_equal(names.resize_vocab_rows(table, names.WORDS, 8)[6:], 0)
+  np.testing.assert_array_equal(names.resize_vocab_rows(table, names.WORDS, 4), table[:4])
+  with pytest.raises(ValueError, match="rows 3.. are not padding"):
+    names.resize_vocab_rows(table, names.WORDS, 3)
+  other = ("encoder", "embeddings", "position", "embedding")
+  assert names.resize_vocab_rows(table, other, 8) is table  # only vocabulary rows resize

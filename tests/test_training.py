@@ -261,6 +261,15 @@ def test_a_config_saved_before_new_fields_still_resumes(reference, data_dir, tmp
   assert int(result["state"].step) == 12
 
 
+def test_an_older_runs_config_reads_back_with_what_it_ran(tmp_path):
+  """Fields added since a run was written read as the values it ran with (ADDED_FIELDS): an
+  unpadded vocabulary table, dropout on the MLP's GELU, no transfer phase."""
+  (tmp_path / "config.json").write_text(json.dumps({"model": {"vocab_size": 5}, "seed": 0}))
+  config = checkpointing.load_config(str(tmp_path))
+  assert config.model.vocab_multiple == 1 and config.model.activation_dropout_rate == 0.1
+  assert config.transfer_steps == 0 and config.distill.alpha == 0.0 and config.seed == 0
+
+
 @pytest.mark.slow
 def test_fill_mask_prints_candidates(reference):
   workdir, _ = reference
