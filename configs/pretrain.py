@@ -99,7 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     causal=False, segment_len=0,  # decoders: configs/clm.py
     dropout_rate=0.1, attention_dropout_rate=0.1, activation_dropout_rate=0.0,
     pre_ln=False, layer_norm_eps=1e-5,
-    type_vocab_size=0, gelu_approximate=False, remat=False,
+    type_vocab_size=0, gelu_approximate=False,
+    remat=False, remat_policy="full",  # full | save_dots | save_dots_no_batch | save_qkv_proj
     dtype="auto",  # compute: bfloat16 on GPU/TPU, float32 on CPU; parameters stay float32
     attention_impl=ml_collections.config_dict.placeholder(str),  # None | xla | cudnn
   ))

@@ -46,6 +46,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from linformer import axes
 from linformer.config import ModelConfig
@@ -323,6 +324,22 @@ def make_projection(cfg: ModelConfig, k: int, heads: int | None, rngs: nnx.Rngs)
   )
 
 
+# Names of the query, key and value projections' outputs, for remat policies
+# (config.model.remat_policy='save_qkv_proj' keeps them).
+QKV_NAMES = ("query_proj", "key_proj", "value_proj")
+
+
+class _NamedProjection(nnx.LinearGeneral):
+  """nnx.LinearGeneral (the same parameters) whose output carries a `checkpoint_name`."""
+
+  def __init__(self, *args, output_name: str, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.output_name = output_name
+
+  def __call__(self, x):
+    return checkpoint_name(super().__call__(x), self.output_name)
+
+
 class SelfAttention(nnx.Module):
   """Multi-head self-attention, Linformer or full (`cfg.attention`), bidirectional or causal
   (`cfg.causal`; then `init_cache` and `step` decode one token at a time)."""
@@ -332,17 +349,18 @@ class SelfAttention(nnx.Module):
     dtype = jnp.dtype(cfg.dtype)
     h, d = cfg.num_heads, cfg.head_dim
 
-    def qkv():
-      return nnx.LinearGeneral(
+    def qkv(name):
+      return _NamedProjection(
         cfg.hidden_size,
         (h, d),
+        output_name=name,
         dtype=dtype,
         rngs=rngs,
         kernel_init=partitioned(nnx.initializers.lecun_normal(), axes.EMBED, axes.HEADS, axes.KV),
         bias_init=partitioned(nnx.initializers.zeros_init(), axes.HEADS, axes.KV),
       )
 
-    self.query, self.key, self.value = qkv(), qkv(), qkv()
+    self.query, self.key, self.value = (qkv(name) for name in QKV_NAMES)
     self.out = nnx.LinearGeneral(
       (h, d),
       cfg.hidden_size,

@@ -20,6 +20,12 @@ PROJECTIONS = ("learned", "random", "mean_pool", "max_pool", "conv")
 PROJECTION_INITS = ("normal", "pool")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
+# What a rematerialized layer (remat=True) keeps from its forward pass for the backward pass
+# (model.REMAT_POLICIES maps each to jax.checkpoint_policies): 'full' only its input, so every
+# matmul runs again; 'save_dots' every matmul output; 'save_dots_no_batch' those without a batch
+# dimension (the projections, not attention's scores); 'save_qkv_proj' the query, key and value
+# projections.
+REMAT_POLICIES = ("full", "save_dots", "save_dots_no_batch", "save_qkv_proj")
 
 
 class ConfigError(ValueError):
@@ -80,6 +86,7 @@ class ModelConfig:
   # GPU and TPU, float32 on CPU (resolve_dtype; the training loop records the concrete value).
   dtype: str = "auto"
   remat: bool = False  # recompute each layer's activations in the backward pass.
+  remat_policy: str = "full"  # what remat keeps (REMAT_POLICIES)
   # jax.nn.dot_product_attention's implementation when attention dropout is off: None lets JAX
   # choose (XLA), 'cudnn' is flash attention on NVIDIA GPUs (float16/bfloat16 only; full
   # attention with cuDNN needs attention_dropout_rate=0, as cuDNN's API here has no dropout).
@@ -154,6 +161,10 @@ class ModelConfig:
         raise _field_error(name, value, "must be in [0, 1)", "use e.g. 0.1, or 0.0 for none")
     if self.dtype not in DTYPES:
       raise _field_error("dtype", self.dtype, "unknown dtype", f"use one of {DTYPES}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise _field_error(
+        "remat_policy", self.remat_policy, "unknown policy", f"use one of {REMAT_POLICIES}"
+      )
     if self.attention_impl not in ATTENTION_IMPLS:
       raise _field_error(
         "attention_impl",

@@ -13,10 +13,25 @@ import jax.numpy as jnp
 from flax import nnx
 
 from linformer import axes
-from linformer.attention import SelfAttention, SeqProjection, make_projection, partitioned
+from linformer.attention import (
+  QKV_NAMES,
+  SelfAttention,
+  SeqProjection,
+  make_projection,
+  partitioned,
+)
 from linformer.config import ConfigError, ModelConfig
 
 _init = nnx.initializers.normal(0.02)  # BERT/RoBERTa's initializer range.
+
+# config.REMAT_POLICIES: what a rematerialized layer saves (None: nothing but its input).
+_policies = jax.checkpoint_policies
+REMAT_POLICIES = {
+  "full": None,
+  "save_dots": _policies.dots_saveable,
+  "save_dots_no_batch": _policies.dots_with_no_batch_dims_saveable,
+  "save_qkv_proj": _policies.save_only_these_names(*QKV_NAMES),
+}
 
 
 def _padded_rows(init, rows: int):
@@ -179,9 +194,10 @@ class Encoder(nnx.Module):
     outputs = []
     for layer in self.layers:
       if self.cfg.remat:
-        x = nnx.remat(lambda lyr, x, m, r: lyr(x, m, deterministic=deterministic, rngs=r))(
-          layer, x, attention_mask, rngs
-        )
+        x = nnx.remat(
+          lambda lyr, x, m, r: lyr(x, m, deterministic=deterministic, rngs=r),
+          policy=REMAT_POLICIES[self.cfg.remat_policy],
+        )(layer, x, attention_mask, rngs)
       else:
         x = layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
       x = axes.constrain_batch(x)

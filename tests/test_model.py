@@ -83,6 +83,46 @@ def test_pre_and_post_ln_and_remat_agree(pre_ln):
   assert hasattr(plain, "final_norm") == pre_ln
 
 
+def _dot_count(jaxpr) -> int:
+  """Matrix products in a jaxpr, those inside nested jaxprs (remat, jit, custom_vjp) included."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name == "dot_general"
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else [value]:
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          count += _dot_count(sub)
+  return count
+
+
+def test_remat_policies_decide_which_matmuls_the_backward_pass_runs_again():
+  """2 layers of Linformer attention + MLP run 20 matmuls forward; a gradient without remat runs
+  60 (two per forward product in the backward pass). With remat the backward pass recomputes
+  the products its policy did not keep: all 20 ('full'), all but the 6 query/key/value
+  projections ('save_qkv_proj'), attention's 8 batched products ('save_dots_no_batch'), none
+  ('save_dots'). The gradients are those of no remat (float32, recomputation order)."""
+  ids = jnp.arange(2 * 64).reshape(2, 64) % 97
+
+  def grad_of(**remat):
+    model = Encoder(ModelConfig(**SMALL, **remat), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(ids, jnp.ones_like(ids)) ** 2)
+    assert _dot_count(jax.make_jaxpr(loss)(params).jaxpr) == 20
+    grad = jax.grad(loss)
+    return _dot_count(jax.make_jaxpr(grad)(params).jaxpr), lambda: jax.jit(grad)(params)
+
+  plain, grads = grad_of()
+  assert plain == 60
+  expected = {"full": 80, "save_qkv_proj": 74, "save_dots_no_batch": 68, "save_dots": 60}
+  for policy, dots in expected.items():
+    assert grad_of(remat=True, remat_policy=policy)[0] == dots, policy
+  # The named projections' path (test_pre_and_post_ln_and_remat_agree checks 'full').
+  named = grad_of(remat=True, remat_policy="save_qkv_proj")[1]()
+  for a, b in zip(jax.tree.leaves(grads()), jax.tree.leaves(named), strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
 def test_jit_on_eight_devices():
   assert jax.device_count() == 8, "tests/conftest.py fakes 8 CPU devices"
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))

@@ -35,6 +35,7 @@ MAY_CHANGE = (
   "init_from",
   "model.attention_impl",
   "model.remat",
+  "model.remat_policy",
   "model.dtype",  # compute only (parameters are float32): 'auto' resumes a CPU run on a GPU
   "peak_flops",
   "eval_at_start",
@@ -56,7 +57,8 @@ ADDED_FIELDS = {
   "distill.alpha": 0.0,
   "distill.beta": 0.0,
   "distill.temperature": 1.0,
-  "model.vocab_multiple": 1,  # the embedding table had exactly vocab_size rows
+  "model.vocab_multiple": 1,
+  "model.remat_policy": "full",  # the embedding table had exactly vocab_size rows
 }
 
 LATEST, BEST = "checkpoints", "best"

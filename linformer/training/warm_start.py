@@ -38,6 +38,7 @@ FREE_MODEL_FIELDS = (
   "activation_dropout_rate",
   "dtype",
   "remat",
+  "remat_policy",
   "attention_impl",
   "projection_init",
   "vocab_multiple",  # only zero padding rows differ (names.resize_vocab_rows)
