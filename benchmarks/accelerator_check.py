@@ -18,14 +18,17 @@ Stages, in order (each writes its result into the JSON as soon as it ends):
    that TF32 rounding is not mistaken for a leak): a sequence padded to longer lengths, and a
    batch of different lengths, give the unpadded outputs on the real tokens, max diff < 1e-5;
    full attention and every Linformer sharing x projection (three of them in --dry_run).
-4. `train_full`, `train_linformer`: `train.py` (the project's loop, `train_and_evaluate`) with
+4. `scan_layers`: `benchmarks/scan_layers.py` at 12 layers of RoBERTa-base widths (n = 512,
+   4096 tokens per step, bfloat16): the train step's trace and compile time, program size,
+   compiled peak and step time with the layers unrolled and scanned (`config.model.scan_layers`).
+5. `train_full`, `train_linformer`: `train.py` (the project's loop, `train_and_evaluate`) with
    `configs/pretrain.py:size=small` on the built-in pydocs corpus, bfloat16, cuDNN attention
    (attention dropout off: with it the model takes its explicit softmax path, not cuDNN),
    --train_steps steps; tokens/s and `mfu` (against the datasheet bf16 peak,
    `linformer.flops.peak_flops`) are read from the run's metrics.jsonl: the median of the log
    windows after the first (the first includes compiling). A run cut by its time share keeps
    its checkpoints, and the next call resumes it.
-5. `table3`: `benchmarks/table3.py --preset gpu --resume` in the time left; its CSV is kept
+6. `table3`: `benchmarks/table3.py --preset gpu --resume` in the time left; its CSV is kept
    after every sequence length, so the next call continues where this one stopped.
 
 Time. --time_budget (seconds, default 420) bounds the whole call: the checks stop starting cases
@@ -80,6 +83,7 @@ from accelerator_stages import (
   stage_cudnn,
   stage_environment,
   stage_padding,
+  stage_scan,
   stage_table3,
   stage_train,
   write_json,
@@ -168,6 +172,7 @@ def main(argv=None) -> int:
     environment=lambda: stage_environment(args, clock),
     cudnn_vs_xla=lambda: stage_cudnn(args, clock),
     padding=lambda: stage_padding(args, clock),
+    scan_layers=lambda: stage_scan(args, clock),
     train_full=lambda: stage_train("full", args, clock, work_root),
     train_linformer=lambda: stage_train("linformer", args, clock, work_root),
     table3=lambda: stage_table3(args, clock, f"table3_{tag}", work_root),

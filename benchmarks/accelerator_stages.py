@@ -8,7 +8,8 @@ are here.
 
 Not a package: the script finds this module because Python puts a script's own directory first on
 the import path; the test adds `benchmarks/` itself. Sections: shared helpers; the stages 1 to 5
-(environment, cudnn_vs_xla, padding, train_full / train_linformer, table3), with the subprocesses
+(environment, cudnn_vs_xla, padding, scan_layers, train_full / train_linformer, table3), with
+the subprocesses
 bounded in time that the last two start; the result files (JSON, markdown summary).
 """
 
@@ -32,7 +33,15 @@ import numpy as np
 from linformer.config import PROJECTIONS, SHARING_MODES, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("environment", "cudnn_vs_xla", "padding", "train_full", "train_linformer", "table3")
+STAGES = (
+  "environment",
+  "cudnn_vs_xla",
+  "padding",
+  "scan_layers",
+  "train_full",
+  "train_linformer",
+  "table3",
+)
 
 # bf16 tolerance of cuDNN against XLA. Both paths compute the same function in bfloat16 (8-bit
 # mantissa, unit roundoff 2^-8 = 3.9e-3) but round in different places: cuDNN's flash kernel
@@ -379,6 +388,41 @@ def log_tail(log: Path, chars: int = 2000) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# 3b. Compile time of the layers scanned against unrolled.
+
+
+def stage_scan(args, clock) -> dict:
+  """`benchmarks/scan_layers.py` at 12 layers of RoBERTa-base widths (n = 512, 4096 tokens per
+  step, bfloat16 on an accelerator): the train step compiled unrolled and scanned, then three
+  steps of each timed interleaved."""
+  import jax
+  import scan_layers
+
+  if clock.left() < 120:
+    return dict(status="not run: time budget")
+  accelerator = jax.default_backend() != "cpu"
+  flags = (
+    ["--layers=12", "--size=base", "--n=512", "--k=128", "--tokens_per_step=4096"]
+    if not args.dry_run
+    else ["--layers=6", "--size=tiny", "--n=64", "--k=16", "--tokens_per_step=256"]
+  )
+  flags += ["--dtype=" + ("bfloat16" if accelerator else "float32"), "--repeats=3"]
+  bench = scan_layers.parse_args(flags)
+  rows = scan_layers.measure(bench)
+  unrolled, scanned = rows
+  keys = ("lower_s", "compile_s", "hlo_kb", "peak_mib", "median_s")
+  return dict(
+    status="ok",
+    command="benchmarks/scan_layers.py " + " ".join(flags),
+    layers=bench.layers[0],
+    unrolled={k: round(unrolled[k], 3) for k in keys if k in unrolled},
+    scanned={k: round(scanned[k], 3) for k in keys if k in scanned},
+    compile_ratio=scanned["compile_s"] / unrolled["compile_s"],
+    step_ratio=scanned["median_s"] / unrolled["median_s"],
+  )
+
+
+# ---------------------------------------------------------------------------------------------
 # 4. Training through the project's loop.
 
 
@@ -588,6 +632,12 @@ def markdown(data: dict) -> str:
         f"{s['steps_done']} steps, {s['tokens_per_s']:,.0f} tokens/s, "
         f"MFU {'-' if mfu is None else f'{100 * mfu:.1f}%'} ({s.get('dtype')}, "
         f"{s.get('attention_impl')}), loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}"
+      )
+    elif name == "scan_layers" and "compile_ratio" in s:
+      u, c = s["unrolled"], s["scanned"]
+      result = (
+        f"{s['layers']} layers: compile {u['compile_s']:.1f} s unrolled, {c['compile_s']:.1f} s "
+        f"scanned ({s['compile_ratio']:.2f}x); step {s['step_ratio']:.2f}x"
       )
     elif name == "table3" and "models" in s:
       result = f"{s['models_ok']} of {s['models']} models measured; see {', '.join(s['files'])}"

@@ -101,6 +101,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     pre_ln=False, layer_norm_eps=1e-5,
     type_vocab_size=0, gelu_approximate=False,
     remat=False, remat_policy="full",  # full | save_dots | save_dots_no_batch | save_qkv_proj
+    # Layers stacked and run as one scan (compile time flat in depth); None: above 4 layers.
+    scan_layers=ml_collections.config_dict.placeholder(bool),
     dtype="auto",  # compute: bfloat16 on GPU/TPU, float32 on CPU; parameters stay float32
     attention_impl=ml_collections.config_dict.placeholder(str),  # None | xla | cudnn
   ))

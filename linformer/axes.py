@@ -24,13 +24,14 @@ KV = "kv"  # the per-head width
 SEQ = "seq"  # sequence positions n (Linformer's E and F columns)
 SEQ_PROJ = "seq_proj"  # projected positions k (E and F rows)
 CONV_TAP = "conv_tap"  # taps of a convolutional sequence projection
+LAYERS = "layers"  # the leading axis of stacked layer parameters (ModelConfig.scan_layers)
 
 # The device mesh (linformer.training.partitioning): data parallelism, ZeRO-3 and tensor
 # parallelism; config.mesh gives their sizes.
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # a batch's rows are split over both (fsdp is data parallel too)
 
-ALL = (VOCAB, EMBED, EMBED_OUT, MLP, HEADS, KV, SEQ, SEQ_PROJ, CONV_TAP)
+ALL = (VOCAB, EMBED, EMBED_OUT, MLP, HEADS, KV, SEQ, SEQ_PROJ, CONV_TAP, LAYERS)
 
 # The default layout: Megatron-style tensor parallelism over heads, MLP and vocabulary, ZeRO-3
 # (fsdp) over the hidden width; the rest replicated (small, or it would cut the head width).

@@ -26,6 +26,8 @@ ATTENTION_IMPLS = (None, "xla", "cudnn")
 # dimension (the projections, not attention's scores); 'save_qkv_proj' the query, key and value
 # projections.
 REMAT_POLICIES = ("full", "save_dots", "save_dots_no_batch", "save_qkv_proj")
+# scan_layers=None scans deeper models than this: below, unrolling compiles fast enough.
+SCAN_LAYERS_ABOVE = 4
 
 
 class ConfigError(ValueError):
@@ -87,6 +89,12 @@ class ModelConfig:
   dtype: str = "auto"
   remat: bool = False  # recompute each layer's activations in the backward pass.
   remat_policy: str = "full"  # what remat keeps (REMAT_POLICIES)
+  # Store the layers' parameters stacked (a leading `layers` axis) and run them as one
+  # `lax.scan`: XLA compiles one layer, not num_layers, and the optimizer updates one array per
+  # kind of parameter, so compile time stays flat in depth (MaxText, big_vision). None: scan
+  # more than SCAN_LAYERS_ABOVE layers when they can be stacked (one k, not layerwise sharing).
+  # HF import/export and init_from convert between the two forms (convert/names.py).
+  scan_layers: bool | None = None
   # jax.nn.dot_product_attention's implementation when attention dropout is off: None lets JAX
   # choose (XLA), 'cudnn' is flash attention on NVIDIA GPUs (float16/bfloat16 only; full
   # attention with cuDNN needs attention_dropout_rate=0, as cuDNN's API here has no dropout).
@@ -123,6 +131,24 @@ class ModelConfig:
   def padded_vocab_size(self) -> int:
     """Rows of the embedding table: vocab_size rounded up to a multiple of vocab_multiple."""
     return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+  @property
+  def scanned(self) -> bool:
+    """Whether the layers run under one scan (`scan_layers`, resolved)."""
+    if self.scan_layers is None:
+      return self.num_layers > SCAN_LAYERS_ABOVE and self._why_unstackable is None
+    return self.scan_layers
+
+  @property
+  def _why_unstackable(self) -> str | None:
+    """Why the layers cannot be stacked, or None."""
+    if self.attention != "linformer":
+      return None
+    if len(set(self.layer_ks)) > 1:
+      return f"k={self.k} differs between layers, and a scan runs one layer shape"
+    if self.sharing == "layerwise":
+      return "sharing='layerwise' uses one E for every layer, which a stack cannot hold"
+    return None
 
   @property
   def layer_ks(self) -> tuple[int, ...]:
@@ -164,6 +190,14 @@ class ModelConfig:
     if self.remat_policy not in REMAT_POLICIES:
       raise _field_error(
         "remat_policy", self.remat_policy, "unknown policy", f"use one of {REMAT_POLICIES}"
+      )
+    if self.scan_layers not in (None, True, False):
+      raise _field_error(
+        "scan_layers", self.scan_layers, "must be True, False or None", "None chooses by depth"
+      )
+    if self.scan_layers and self._why_unstackable:
+      raise _field_error(
+        "scan_layers", True, self._why_unstackable, "set scan_layers=False, or None to choose"
       )
     if self.attention_impl not in ATTENTION_IMPLS:
       raise _field_error(

@@ -164,17 +164,37 @@ class EncoderLayer(nnx.Module):
     return self.mlp_norm(x + drop(mlp(x)))
 
 
+def _stacked_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> EncoderLayer:
+  """One EncoderLayer whose parameters have a leading axis of num_layers (logical name
+  `layers`, never sharded), each layer initialised from its own split of `rngs`."""
+
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: axes.LAYERS})
+  def make(rngs):
+    return EncoderLayer(cfg, 0, None, rngs=rngs)
+
+  return make(rngs)
+
+
 class Encoder(nnx.Module):
-  """Embeddings and a stack of layers; returns hidden states (batch, n, hidden)."""
+  """Embeddings and a stack of layers; returns hidden states (batch, n, hidden).
+
+  The layers are a list of modules, or with `cfg.scanned` one module of stacked parameters run
+  under `lax.scan` (`layer_list` gives per-layer views of it to the per-layer paths)."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embeddings = Embeddings(cfg, rngs=rngs)
-    shared = None
-    if cfg.attention == "linformer" and cfg.sharing == "layerwise":
-      # One matrix for every layer, head, key and value; each layer refers to this module.
-      shared = make_projection(cfg, cfg.layer_ks[0], None, rngs)
-    self.layers = nnx.List([EncoderLayer(cfg, i, shared, rngs=rngs) for i in range(cfg.num_layers)])
+    if cfg.scanned:
+      self.layers = _stacked_layers(cfg, rngs)
+    else:
+      shared = None
+      if cfg.attention == "linformer" and cfg.sharing == "layerwise":
+        # One matrix for every layer, head, key and value; each layer refers to this module.
+        shared = make_projection(cfg, cfg.layer_ks[0], None, rngs)
+      self.layers = nnx.List(
+        [EncoderLayer(cfg, i, shared, rngs=rngs) for i in range(cfg.num_layers)]
+      )
     if cfg.pre_ln:
       self.final_norm = _layer_norm(cfg, rngs)
 
@@ -191,27 +211,66 @@ class Encoder(nnx.Module):
     """The last hidden states; with `all_layers`, a list of every layer's output too."""
     x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
     x = axes.constrain_batch(x)
+    run = self._scanned if self.cfg.scanned else self._unrolled
+    x, outputs = run(x, attention_mask, deterministic, rngs, all_layers)
+    if self.cfg.pre_ln:
+      x = self.final_norm(x)
+    return (x, outputs) if all_layers else x
+
+  def _unrolled(self, x, mask, deterministic, rngs, all_layers):
+    del all_layers  # every layer's output is at hand
     outputs = []
     for layer in self.layers:
       if self.cfg.remat:
         x = nnx.remat(
           lambda lyr, x, m, r: lyr(x, m, deterministic=deterministic, rngs=r),
           policy=REMAT_POLICIES[self.cfg.remat_policy],
-        )(layer, x, attention_mask, rngs)
+        )(layer, x, mask, rngs)
       else:
-        x = layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
+        x = layer(x, mask, deterministic=deterministic, rngs=rngs)
       x = axes.constrain_batch(x)
       outputs.append(x)
-    if self.cfg.pre_ln:
-      x = self.final_norm(x)
-    return (x, outputs) if all_layers else x
+    return x, outputs
+
+  def _scanned(self, x, mask, deterministic, rngs, all_layers):
+    """The stacked layers as one `lax.scan`. The dropout stream's state is part of the carry, so
+    layer i draws the keys it draws unrolled: the outputs equal the unrolled model's on the same
+    parameters, with dropout on too."""
+    graphdef, stacked = nnx.split(self.layers)
+    rng_def, rng_state = nnx.split(rngs) if rngs is not None else (None, None)
+
+    def body(carry, layer_state):
+      x, rng_state = carry
+      r = None if rngs is None else nnx.merge(rng_def, rng_state)
+      x = nnx.merge(graphdef, layer_state)(x, mask, deterministic=deterministic, rngs=r)
+      x = axes.constrain_batch(x)
+      return (x, None if r is None else nnx.state(r)), (x if all_layers else None)
+
+    if self.cfg.remat:
+      policy = REMAT_POLICIES[self.cfg.remat_policy]
+      body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+    (x, rng_state), ys = jax.lax.scan(body, (x, rng_state), stacked)
+    if rngs is not None:
+      nnx.update(rngs, rng_state)
+    return x, [ys[i] for i in range(self.cfg.num_layers)] if all_layers else []
+
+  def layer_list(self) -> list[EncoderLayer]:
+    """The layers one by one: views of the stacked parameters when scanned (their gradients
+    reach the stack), for the paths that treat layers one at a time."""
+    if not self.cfg.scanned:
+      return list(self.layers)
+    graphdef, stacked = nnx.split(self.layers)
+    return [
+      nnx.merge(graphdef, jax.tree.map(lambda v, i=i: v[i], stacked))
+      for i in range(self.cfg.num_layers)
+    ]
 
   def attention_inputs_and_outputs(self, input_ids, attention_mask, token_type_ids=None):
     """Each layer's input and its attention's output (before dropout and residual), without
     dropout: what attention transfer (configs/uptrain.py) fits a student's attention to."""
     x = self.embeddings(input_ids, token_type_ids)
     inputs, outputs = [], []
-    for layer in self.layers:
+    for layer in self.layer_list():
       inputs.append(x)
       out = layer.attention(layer.attention_norm(x) if layer.pre_ln else x, attention_mask)
       outputs.append(out)
@@ -222,18 +281,18 @@ class Encoder(nnx.Module):
     """Each layer's attention output on the given inputs (one per layer, e.g. a teacher's)."""
     return [
       layer.attention(layer.attention_norm(x) if layer.pre_ln else x, attention_mask)
-      for layer, x in zip(self.layers, inputs)
+      for layer, x in zip(self.layer_list(), inputs)
     ]
 
   def init_cache(self, batch_size: int) -> list[dict[str, jax.Array]]:
     """Each layer's decoding cache (causal models; SelfAttention.init_cache)."""
-    return [layer.attention.init_cache(batch_size) for layer in self.layers]
+    return [layer.attention.init_cache(batch_size) for layer in self.layer_list()]
 
   def step(self, token_ids, cache, position):
     """Hidden states (b, 1, hidden) of tokens (b,) at `position`, and the updated cache."""
     x = self.embeddings.step(token_ids, position)
     new_cache = []
-    for layer, layer_cache in zip(self.layers, cache):
+    for layer, layer_cache in zip(self.layer_list(), cache):
       x, layer_cache = layer.step(x, layer_cache, position)
       new_cache.append(layer_cache)
     if self.cfg.pre_ln:

@@ -57,6 +57,10 @@ def test_dry_run_writes_every_stage_then_continues(tmp_path):
   padding = stages["padding"]
   assert padding["status"] == "ok" and 0.0 <= padding["max_diff"] < 1e-5
   assert {c["attention"] for c in padding["cases"]} == {"full", "linformer"}
+  scan = stages["scan_layers"]
+  assert scan["status"] == "ok" and scan["layers"] == 6
+  assert scan["scanned"]["hlo_kb"] < scan["unrolled"]["hlo_kb"]  # one layer's program, not 6
+  assert scan["compile_ratio"] > 0 and scan["step_ratio"] > 0
   for name in ("train_full", "train_linformer"):
     run = stages[name]
     assert run["status"] == "ok", run

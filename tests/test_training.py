@@ -10,8 +10,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from linformer.config import ConfigError
+from linformer.convert import names
 from linformer.training import checkpointing, restore
 from linformer.training.loop import train_and_evaluate
 from linformer.training.meter import TrainingDiverged
@@ -226,6 +228,29 @@ def test_init_from_a_run_continues_pretraining_with_its_weights(reference, data_
   assert_trees_equal(params_of(result), params_of(done))
   assert int(result["state"].step) == 0  # a new run: fresh optimizer and schedule
   assert os.listdir(tmp_path / "tokenizer") == os.listdir(os.path.join(workdir, "tokenizer"))
+
+
+@pytest.mark.slow
+def test_a_run_starts_from_and_exports_the_other_layer_form(reference, data_dir, tmp_path):
+  """A scanned run (layers stacked) starts from an unrolled run's checkpoint, reads back with
+  the same per-layer parameters (what export and init_from see), and the unrolled run cannot
+  be resumed as a scanned one: a one-line error naming the field."""
+  workdir, done = reference
+  scanned = str(tmp_path / "scanned")
+  config = small_config(data_dir, init_from=workdir, **{"model.scan_layers": True})
+  layers = params_of(train_and_evaluate(config, scanned, until_step=0))["encoder"]["layers"]
+  unrolled = params_of(done)["encoder"]["layers"]
+  for i in (0, 1):
+    np.testing.assert_array_equal(layers["mlp_in"]["kernel"][i], unrolled[i]["mlp_in"]["kernel"])
+  state = train_and_evaluate(config, scanned, until_step=1)["state"]  # one step, a checkpoint
+  _, cfg, ours, _ = restore.run_params(scanned)
+  stacked = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state.params)}
+  expected = names.unstack_layers(stacked)
+  assert cfg.scanned and set(expected) <= set(ours)
+  for path, value in expected.items():
+    np.testing.assert_array_equal(ours[path], value, err_msg=str(path))
+  with pytest.raises(ConfigError, match="model.scan_layers: workdir has False, asked True"):
+    train_and_evaluate(small_config(data_dir, **{"model.scan_layers": True}), workdir)
 
 
 @pytest.mark.slow

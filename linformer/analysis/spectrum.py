@@ -78,7 +78,7 @@ def attention_probs(
   mask = attention_mask.astype(bool)
   x = encoder.embeddings(input_ids, token_type_ids, deterministic=True)
   probs = []
-  for layer in encoder.layers:
+  for layer in encoder.layer_list():
     y = layer.attention_norm(x) if layer.pre_ln else x
     probs.append(context_matrix(layer.attention, y, mask))
     x = layer(x, mask, deterministic=True)

@@ -171,9 +171,12 @@ def _listing(names_, limit=20) -> str:
 
 
 def target_shapes(cfg: ModelConfig) -> dict[tuple, tuple]:
-  """{path: shape} of every variable of `MaskedLM(cfg)` (nothing is allocated)."""
+  """{path: shape} of every variable of `MaskedLM(cfg)`, layers one by one (nothing is
+  allocated)."""
   abstract = nnx.eval_shape(lambda: MaskedLM(cfg, rngs=nnx.Rngs(0)))
-  return {p: tuple(v.shape) for p, v in nnx.to_flat_state(nnx.split(abstract)[1])}
+  return names.unstack_shapes(
+    {p: tuple(v.shape) for p, v in nnx.to_flat_state(nnx.split(abstract)[1])}
+  )
 
 
 def _same_projections(a: ModelConfig, b: ModelConfig) -> bool:
@@ -359,6 +362,8 @@ def load_into(
   keep their values. `model` may be abstract (`nnx.eval_shape`) if `params` covers it all."""
   graphdef, state = nnx.split(model)
   flat = []
+  paths = [prefix + path for path, _ in nnx.to_flat_state(state)]
+  params = names.stack_layers(params, paths)  # a scanned model's layers
   for path, var in nnx.to_flat_state(state):
     if prefix + path in params:
       value = np.asarray(params[prefix + path])

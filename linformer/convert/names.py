@@ -3,9 +3,12 @@
 Import (`hf_import`) and export (`export`) both read it, so a parameter written under a name is
 read back from that name with the exact inverse transform: a round trip changes no bit.
 
-Paths are those of `nnx.to_flat_state(nnx.split(MaskedLM(cfg))[1])`, e.g.
-`("encoder", "layers", 0, "attention", "query", "kernel")`. Names are without the `bert.` /
-`roberta.` prefix of the `*ForMaskedLM` checkpoints (the caller adds or strips it).
+Paths are those of `nnx.to_flat_state(nnx.split(MaskedLM(cfg))[1])` with the layers one by one,
+e.g. `("encoder", "layers", 0, "attention", "query", "kernel")`. A scanned model
+(`ModelConfig.scan_layers`) stores `("encoder", "layers", "attention", "query", "kernel")` with a
+leading axis of layers: `unstack_layers` and `stack_layers` convert, so every mapping that crosses
+a module boundary (import, export, warm starts) is in the per-layer form. Names are without the
+`bert.` / `roberta.` prefix of the `*ForMaskedLM` checkpoints (the caller adds or strips it).
 
 Parameters HF has no name for are written under `linformer.*`:
 
@@ -19,6 +22,7 @@ Parameters HF has no name for are written under `linformer.*`:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +37,62 @@ TOKEN_TYPES = ("encoder", "embeddings", "token_type", "embedding")
 WORDS = ("encoder", "embeddings", "token", "embedding")
 MLM_BIAS = ("mlm_bias",)
 VOCAB_ROWS = (WORDS, MLM_BIAS)  # a row per vocabulary id, padded to ModelConfig.vocab_multiple
+LAYERS = ("encoder", "layers")
+
+
+def is_stacked(path: tuple) -> bool:
+  """A scanned model's path: the layers' parameters under one name with a leading layer axis."""
+  return path[:2] == LAYERS and len(path) > 2 and not isinstance(path[2], int)
+
+
+def _layer_of(path: tuple) -> tuple[int, tuple] | None:
+  """(layer, path with the layer index dropped) of a per-layer path, else None."""
+  if path[:2] == LAYERS and len(path) > 2 and isinstance(path[2], int):
+    return path[2], LAYERS + path[3:]
+  return None
+
+
+def unstack_layers(flat: Mapping[tuple, np.ndarray]) -> dict[tuple, np.ndarray]:
+  """`flat` with every stacked layer array split into one entry per layer."""
+  out = {}
+  for path, value in flat.items():
+    if is_stacked(path):
+      out.update({LAYERS + (i,) + path[2:]: value[i] for i in range(len(value))})
+    else:
+      out[path] = value
+  return out
+
+
+def unstack_shapes(shapes: Mapping[tuple, tuple]) -> dict[tuple, tuple]:
+  """{path: shape} in the per-layer form (`unstack_layers` of shapes)."""
+  out = {}
+  for path, shape in shapes.items():
+    if is_stacked(path):
+      out.update({LAYERS + (i,) + path[2:]: tuple(shape[1:]) for i in range(shape[0])})
+    else:
+      out[path] = tuple(shape)
+  return out
+
+
+def stack_layers(flat: Mapping[tuple, np.ndarray], paths: Iterable[tuple]) -> dict:
+  """Per-layer `flat` in the layout of a model with `paths`: where the model stacks a layer
+  parameter, the layers' arrays (0, 1, ... as present) are stacked on a new leading axis."""
+  stacked = {p for p in paths if is_stacked(p)}
+  if not stacked:
+    return dict(flat)
+  out, groups = {}, collections.defaultdict(dict)
+  for path, value in flat.items():
+    layer = _layer_of(path)
+    if layer is None or layer[1] not in stacked:
+      out[path] = value
+    else:
+      groups[layer[1]][layer[0]] = value
+  for path, layers in groups.items():
+    if sorted(layers) == list(range(len(layers))):
+      out[path] = np.stack([np.asarray(layers[i]) for i in range(len(layers))])
+    else:  # a gap: left per layer, so the model's stacked path reads as missing
+      out.update({LAYERS + (i,) + path[2:]: v for i, v in layers.items()})
+  return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,6 +59,7 @@ ADDED_FIELDS = {
   "distill.temperature": 1.0,
   "model.vocab_multiple": 1,
   "model.remat_policy": "full",  # the embedding table had exactly vocab_size rows
+  "model.scan_layers": False,  # layers were a list: checkpoints hold them one by one
 }
 
 LATEST, BEST = "checkpoints", "best"

@@ -28,16 +28,21 @@ def _eval_line(metrics) -> str:
   return ", ".join(f"eval {k} {v:.4g}" for k, v in metrics.items() if "/layer" not in k)
 
 
-def _concrete_dtype(config):
-  """config.model.dtype='auto' made concrete for this platform, so config.json records what ran."""
+def _concrete_model(config):
+  """config.model.dtype='auto' and scan_layers=None made concrete for this platform and depth,
+  so config.json records what ran (and a resume with another layer layout is refused)."""
   asked = config.model.get("dtype", "float32")
   dtype = resolve_dtype(asked, jax.default_backend())
-  if dtype != asked:
+  scan = validation.check_model(config).scanned
+  if dtype != asked or config.model.get("scan_layers") is None:
     config = config.copy_and_resolve_references()
     config.model.dtype = dtype
+    config.model.scan_layers = scan
   if jax.process_index() == 0:
     how = f" (config.model.dtype='auto' on {jax.default_backend()})" if dtype != asked else ""
     print(f"Computing in {dtype}{how}; parameters and optimizer state in float32.")
+    if scan:
+      print(f"The {config.model.num_layers} layers run as one scan (config.model.scan_layers).")
   return config
 
 
@@ -56,7 +61,7 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
     config = source.apply_to(config)
     validation.check_model(config)  # the widths the checkpoint fixes
   config = validation.check_data(config, run, has_source=source is not None)
-  config = _concrete_dtype(config)
+  config = _concrete_model(config)
   task = get_task(config)
   os.makedirs(workdir, exist_ok=True)
   checkpointing.check_or_write_config(workdir, config)

@@ -86,6 +86,7 @@ def run_params(workdir: str, step: int | None = None):
   manager, step = checkpoint_step(workdir, step)
   raw = checkpointing.restore_raw(manager, step)
   params = {**names.flatten(raw["params"]), **names.flatten(raw.get("rest") or {})}
+  params = names.unstack_layers(params)  # a scanned run's layers, one by one
   if names.WORDS not in params:
     raise ValueError(f"{workdir}: the checkpoint has no encoder (no {names.WORDS}).")
   vocab = config.model.get("vocab_size")  # else the run's tokenizer decided it, as in the task

@@ -115,7 +115,9 @@ def make_trainer(
   )
   trainable = _trainable_fn(labels, transfer_steps, freeze_steps)
   accum = config.grad_accum_steps
-  teacher_cfg = dataclasses.replace(model_cfg, attention="full") if uses_teacher(config) else None
+  teacher_cfg = None
+  if uses_teacher(config):  # its layers stacked as the student's: one layout of the weights
+    teacher_cfg = dataclasses.replace(model_cfg, attention="full", scan_layers=model_cfg.scanned)
   teacher_graphdef = None
   if teacher_cfg is not None:
     teacher_graphdef = nnx.graphdef(

@@ -42,6 +42,7 @@ FREE_MODEL_FIELDS = (
   "attention_impl",
   "projection_init",
   "vocab_multiple",  # only zero padding rows differ (names.resize_vocab_rows)
+  "scan_layers",  # the layers stacked or one by one (names.stack_layers / unstack_layers)
 )
 # Model fields the task decides: a causal LM may start from a masked-LM run. They change no shape
 # but the causal Linformer's learned or random E and F ((k, segment_len), not (k, max_len)).
@@ -214,13 +215,15 @@ def _huggingface_source(path: str, hf: dict, config, workdir: str | None) -> Sou
 def load_values(
   source: Source, cfg: ModelConfig, subtrees: tuple[str, ...] | None
 ) -> tuple[dict[tuple, np.ndarray], list[str]]:
-  """({parameter path: array} the source provides under `subtrees` (all when None), notes)."""
+  """({parameter path: array} the source provides under `subtrees` (all when None), notes),
+  stacked as `cfg`'s layers are (ModelConfig.scan_layers), whatever form the source has."""
   if source.kind == RUN:
     step = checkpointing.latest_step(source.path)
     saved = checkpointing.restore_raw(
       checkpointing.make_manager(source.path, None, create=False), step
     )
     values = {**names.flatten(saved["params"]), **names.flatten(saved.get("rest") or {})}
+    values = names.unstack_layers(values)  # either form of layers starts either form
     notes = [f"run {source.path}, step {step}"]
   else:
     try:
@@ -235,7 +238,15 @@ def load_values(
     ]
   if subtrees is not None:
     values = {k: v for k, v in values.items() if k[0] in subtrees}
+  if cfg.scanned:
+    values = names.stack_layers(values, stacked_paths(cfg))
   return values, notes
+
+
+def stacked_paths(cfg: ModelConfig) -> list[tuple]:
+  """The stacked layer paths of a scanned encoder of `cfg` (nothing is allocated)."""
+  shapes = hf_import.target_shapes(dataclasses.replace(cfg, scan_layers=False))
+  return sorted({names.LAYERS + p[3:] for p in shapes if p[:2] == names.LAYERS}, key=str)
 
 
 def copy_values(tree, values: Mapping[tuple, np.ndarray]):
