@@ -71,6 +71,17 @@ def _gelu(cfg, x):
   return jax.nn.gelu(x, approximate=cfg.gelu_approximate)
 
 
+def _scoped(name: str, fn):
+  """`fn` under a `jax.named_scope`: the compiled step's operations carry the name (forward
+  and backward), which is how benchmarks/profile_step.py attributes time to parts of a layer."""
+
+  def call(*args):
+    with jax.named_scope(name):
+      return fn(*args)
+
+  return call
+
+
 class Embeddings(nnx.Module):
   """Token + learned absolute position (+ optional token type) embeddings, LayerNorm, dropout."""
 
@@ -112,6 +123,7 @@ class Embeddings(nnx.Module):
       )
     return self._embed(input_ids, jnp.arange(n)[None], token_type_ids, deterministic, rngs)
 
+  @jax.named_scope("embeddings")
   def _embed(self, input_ids, positions, token_type_ids, deterministic, rngs):
     x = self.token(input_ids) + self.position(positions)
     if self.cfg.type_vocab_size:
@@ -154,14 +166,19 @@ class EncoderLayer(nnx.Module):
     return self._residual(x, attn, True, None), updated["cache"]
 
   def _residual(self, x, attn, deterministic, rngs):
-    drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
-    act_drop = lambda y: self.activation_dropout(y, deterministic=deterministic, rngs=rngs)
-    mlp = lambda y: self.mlp_out(act_drop(_gelu(self.cfg, self.mlp_in(y))))
+    drop = _scoped("dropout", lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs))
+    act_drop = _scoped(
+      "dropout", lambda y: self.activation_dropout(y, deterministic=deterministic, rngs=rngs)
+    )
+    attn = _scoped("attention", attn)
+    mlp = _scoped("mlp", lambda y: self.mlp_out(act_drop(_gelu(self.cfg, self.mlp_in(y)))))
+    attention_norm = _scoped("layer_norm", self.attention_norm)
+    mlp_norm = _scoped("layer_norm", self.mlp_norm)
     if self.pre_ln:
-      x = x + drop(attn(self.attention_norm(x)))
-      return x + drop(mlp(self.mlp_norm(x)))
-    x = self.attention_norm(x + drop(attn(x)))
-    return self.mlp_norm(x + drop(mlp(x)))
+      x = x + drop(attn(attention_norm(x)))
+      return x + drop(mlp(mlp_norm(x)))
+    x = attention_norm(x + drop(attn(x)))
+    return mlp_norm(x + drop(mlp(x)))
 
 
 def _stacked_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> EncoderLayer:
@@ -351,6 +368,10 @@ class MaskedLM(nnx.Module):
 
     Only the `vocab_size` real ids are scored: the table's padding rows (vocab_multiple) are
     sliced off, so no loss, fill-mask or generation can pick a padded id."""
+    with jax.named_scope("mlm_head"):
+      return self._logits(h)
+
+  def _logits(self, h):
     h = self.mlm_norm(_gelu(self.cfg, self.mlm_dense(h)))
     dtype = jnp.dtype(self.cfg.dtype)
     table = self.encoder.embeddings.token.embedding[...].astype(dtype)

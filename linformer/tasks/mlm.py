@@ -23,8 +23,9 @@ from linformer.tasks.base import Task, totals
 
 def mlm_sums(logits, targets, weights):
   """Summed cross-entropy, correct predictions and prediction count at the masked positions."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  with jax.named_scope("loss"):
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   return {
     "loss": jnp.sum(ce * weights),
     "correct": jnp.sum(correct * weights),

@@ -202,22 +202,26 @@ def make_trainer(
         (grads, sums), _ = jax.lax.scan(body, zeros, jnp.arange(accum))
       # The loss is a sum over predictions; normalise once for the whole batch.
       grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
-      grads = trainable(state.step, grads)  # what does not train is out of the clipping norm
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      updates = trainable(state.step, updates)  # frozen weights stay bit-identical
-      params = optax.apply_updates(state.params, updates)
-      metrics = {
-        **sums,
-        "grad_norm": optax.tree.norm(grads),
-        "lr": schedule(state.step),
-        "param_norm": optax.tree.norm(params),
-      }
+      # (Named scopes label the compiled operations for benchmarks/profile_step.py.)
+      with jax.named_scope("optimizer"):
+        grads = trainable(state.step, grads)  # what does not train is out of the clipping norm
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = trainable(state.step, updates)  # frozen weights stay bit-identical
+        params = optax.apply_updates(state.params, updates)
+      with jax.named_scope("metrics"):
+        metrics = {
+          **sums,
+          "grad_norm": optax.tree.norm(grads),
+          "lr": schedule(state.step),
+          "param_norm": optax.tree.norm(params),
+        }
       new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
       # A step that is not finite leaves the state as it was: nothing diverged is ever kept, and
       # the loop stops at the next fetch of the metrics, naming this step.
-      finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(metrics["grad_norm"])
-      finite &= jnp.isfinite(metrics["param_norm"])
-      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+      with jax.named_scope("divergence_check"):
+        finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        finite &= jnp.isfinite(metrics["param_norm"])
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
       return new_state, {**metrics, "finite": finite}
 
     return jax.jit(

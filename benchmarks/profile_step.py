@@ -1,0 +1,289 @@
+r"""Where the train step's time goes: a JAX profiler trace of the compiled step, by kind of work.
+
+    python benchmarks/profile_step.py                       # the two presets below, ~5 minutes
+    python benchmarks/profile_step.py --preset peer --n 1024
+    python benchmarks/profile_step.py --preset minilm --n 512 --steps 3
+
+Presets (the shapes the experiments of this project run):
+  peer    4 layers, hidden 256, 4 heads, MLP 1024, vocabulary 8192, Linformer k = 128 shared by
+          a layer's heads, no dropout, 8192 tokens per step (the PyTorch peer's shapes,
+          benchmarks/peer_throughput.py);
+  minilm  6 layers, hidden 384, 12 heads, MLP 1536, vocabulary 30522, k = n/4 per head, dropout
+          0.1, batch 8 (the uptraining and fine-tuning experiments' all-MiniLM-L6-v2 shapes).
+
+How. The project's train step (`make_trainer`, as `train_throughput.py` builds it, on its
+synthetic masked-LM batches) is compiled, run twice, then `--steps` steps run under
+`jax.profiler.trace`. Each XLA operation the CPU runtime executed is an event in the trace that
+names its HLO instruction (`hlo_op`); the compiled module's HLO text gives that instruction's
+opcode, the operations fused into it and its JAX name stack (`metadata.op_name`). The name stack
+carries the scopes the code sets (`jax.named_scope`: embeddings, attention, mlp, layer_norm,
+dropout, mlm_head, loss, optimizer, metrics, divergence_check), for the backward pass too, and
+the primitives (`_bernoulli` for dropout's random bits). Each event is put in the first class of
+this list that it matches:
+
+  dropout: random bits   its name stack is inside jax.random (threefry, `_bernoulli`)
+  <scope>: matmul        a dot or convolution, or a fusion of one (XLA:CPU's `ynn_fusion`)
+  <scope>: gather/scatter  embedding lookups and their gradient
+  <scope>: other         elementwise work, reductions, copies and transposes
+
+with <scope> the innermost of the scopes above in its name stack ("other" outside all). The
+times are the events' own durations summed over the traced steps, per step. XLA:CPU runs
+independent operations on its threads at once, so the sum of operation times may exceed the step
+time; both are printed. Written to benchmarks/results/profile_step_<platform>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from peer_throughput import PROJECT_FLAGS
+from train_throughput import SyntheticMLMTask, make_config
+from train_throughput import parse_args as throughput_args
+
+from linformer.flops import train_flops
+from linformer.training import partitioning
+from linformer.training.trainer import make_trainer
+
+SCOPES = (
+  "embeddings",
+  "attention",
+  "mlp",
+  "layer_norm",
+  "dropout",
+  "mlm_head",
+  "loss",
+  "optimizer",
+  "metrics",
+  "divergence_check",
+)
+RANDOM = ("_bernoulli", "_uniform", "threefry", "random_bits", "rng_bit_generator")
+MATMUL = ("dot", "convolution")
+GATHER = ("gather", "scatter", "dynamic-slice", "dynamic-update-slice")
+
+PRESETS = {
+  "peer": PROJECT_FLAGS,
+  "minilm": (
+    "--size small --layers 6 --hidden 384 --heads 12 --mlp 1536 --vocab 30522 "
+    "--sharing none --dropout 0.1"
+  ),
+}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+  )
+  p.add_argument("--preset", default="peer,minilm", help="presets to profile, comma separated")
+  p.add_argument("--n", default=None, help="sequence lengths; default peer 1024, minilm 256,512")
+  p.add_argument("--steps", type=int, default=3, help="steps traced")
+  p.add_argument(
+    "--scan_layers",
+    choices=["auto", "on", "off"],
+    default="auto",
+    help="config.model.scan_layers: auto is the default (None: scanned above 4 layers)",
+  )
+  p.add_argument("--out", default=None, help="markdown; None: results/profile_step_<platform>.md")
+  return p.parse_args(argv)
+
+
+# The compiled program's instructions.
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_OPCODE = re.compile(r"(?:^|\s)([a-z][\w\-]*)\(")
+_CALLS = re.compile(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def instructions(hlo_text: str) -> dict[str, dict]:
+  """{instruction name: opcode, the opcodes of everything it calls (fusions), its name stack}."""
+  computations, insts, current = collections.defaultdict(set), {}, None
+  for line in hlo_text.splitlines():
+    if (m := _COMPUTATION.match(line)) and not line.startswith(" "):
+      current = m.group(1)
+      continue
+    if (m := _INSTRUCTION.match(line)) is None or current is None:
+      continue
+    name, rest = m.groups()
+    opcode = (_OPCODE.search(rest) or [None, "?"])[1]
+    computations[current].add(opcode)
+    op_name = _OP_NAME.search(rest)
+    insts[name] = dict(
+      opcode=opcode, calls=_CALLS.findall(rest), op_name=op_name.group(1) if op_name else ""
+    )
+
+  def called(names, seen):
+    ops = set()
+    for c in names:
+      if c not in seen:
+        seen.add(c)
+        ops |= computations.get(c, set())
+    return ops
+
+  for inst in insts.values():
+    inst["ops"] = {inst["opcode"]} | called(inst["calls"], set())
+  return insts
+
+
+def classify(name: str, inst: dict | None) -> str:
+  if inst is None:
+    return "other: not in the program text"
+  stack = inst["op_name"]
+  if any(r in stack for r in RANDOM) or "rng" in inst["opcode"]:
+    return "dropout: random bits"
+  scope = "other"
+  best = -1
+  for s in SCOPES:
+    for m in re.finditer(rf"(?:^|[/(]){s}(?:[/)]|$)", stack):
+      if m.start() > best:
+        scope, best = s, m.start()
+  ops = inst["ops"]
+  if name.startswith("ynn_fusion") or ops & set(MATMUL):
+    kind = "matmul"
+  elif ops & set(GATHER):
+    kind = "gather/scatter"
+  else:
+    kind = "other"
+  return f"{scope}: {kind}"
+
+
+# Tracing.
+
+
+def build(preset: str, n: int, scan: str = "auto"):
+  args = throughput_args(PRESETS[preset].split())
+  attention = "linformer"
+  if preset == "minilm":
+    args.k, args.tokens_per_step = n // 4, 8 * n
+  config = make_config(attention, n, args)
+  config.model.scan_layers = {"auto": None, "on": True, "off": False}[scan]
+  mesh = partitioning.make_mesh(config.mesh)
+  task = SyntheticMLMTask(config, args.vocab)
+  task.setup("", per_host_batch_size=config.batch_size)
+  trainer = make_trainer(config, task, mesh)
+  batches = [partitioning.global_batch(b, mesh) for b in task.batches]
+  compiled = trainer.train_step.lower(trainer.abstract_state(), batches[0]).compile()
+  state = jax.jit(trainer.init_state, out_shardings=trainer.state_sharding)()
+  cfg = task.model_config()
+  m = task.batches[0]["mlm_positions"].shape[1]
+  flops = config.batch_size * sum(train_flops(cfg, n, "mlm", num_predictions=m).values())
+  return compiled, state, batches, cfg, config.batch_size, flops
+
+
+def op_times(compiled, run, steps: int) -> tuple[dict[str, float], float]:
+  """({class: seconds per call}, wall seconds per call) of `steps` calls of `run()` (each
+  ending with block_until_ready) of the program `compiled`, traced by the JAX profiler."""
+  with tempfile.TemporaryDirectory() as trace_dir:
+    start = time.perf_counter()
+    with jax.profiler.trace(trace_dir):
+      for _ in range(steps):
+        run()
+    wall = (time.perf_counter() - start) / steps
+    (path,) = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
+    data = jax.profiler.ProfileData.from_file(path)
+  text = compiled.as_text()
+  insts = instructions(text)
+  module = re.search(r"HloModule (\S+?),", text).group(1)
+  times = collections.Counter()
+  for plane in data.planes:
+    for line in plane.lines:
+      for event in line.events:
+        stats = dict(event.stats)
+        if stats.get("hlo_module") == module and "hlo_op" in stats:
+          op = stats["hlo_op"]
+          times[classify(op, insts.get(op))] += event.duration_ns / 1e9 / steps
+  return dict(times), wall
+
+
+def profile(preset: str, n: int, steps: int, scan: str = "auto") -> dict:
+  compiled, state, batches, cfg, batch, flops = build(preset, n, scan)
+  holder = {"state": state, "i": 0}
+
+  def run():
+    batch_i = batches[holder["i"] % len(batches)]
+    holder["state"], metrics = compiled(holder["state"], batch_i)
+    holder["i"] += 1
+    jax.block_until_ready((holder["state"], metrics))
+
+  for _ in range(2):  # warm-up
+    run()
+  times, wall = op_times(compiled, run, steps)
+  return dict(
+    preset=preset,
+    n=n,
+    batch=batch,
+    cfg=cfg,
+    step_s=wall,
+    ops_s=sum(times.values()),
+    flops=flops,
+    times=times,
+  )
+
+
+def table(r: dict, rate: float) -> list[str]:
+  c = r["cfg"]
+  head = (
+    f"### {r['preset']}: n = {r['n']}, batch {r['batch']} ({c.num_layers} layers, hidden "
+    f"{c.hidden_size}, {c.num_heads} heads, MLP {c.mlp_dim}, vocabulary {c.vocab_size}, "
+    f"k = {c.k}, sharing {c.sharing}, dropout {c.dropout_rate}, layers "
+    f"{'scanned' if c.scanned else 'unrolled'})"
+  )
+  tokens = r["n"] * r["batch"]
+  mfu = r["flops"] / r["step_s"] / rate
+  lines = [
+    head,
+    "",
+    f"Step {r['step_s']:.3f} s ({tokens / r['step_s']:,.0f} tokens/s); operations {r['ops_s']:.3f} "
+    f"s summed over XLA's threads; model matmul FLOPs {r['flops'] / 1e9:.1f} G, "
+    f"{r['flops'] / rate:.3f} s at the measured matmul rate (MFU {100 * mfu:.0f}%).",
+    "",
+    "| kind | ms per step | share of operation time |",
+    "|---|---|---|",
+  ]
+  for kind, s in sorted(r["times"].items(), key=lambda kv: -kv[1]):
+    lines.append(f"| {kind} | {1e3 * s:.1f} | {100 * s / r['ops_s']:.1f}% |")
+  matmul = sum(s for k, s in r["times"].items() if k.endswith(": matmul"))
+  lines += ["", f"Matmuls {100 * matmul / r['ops_s']:.0f}% of the operation time.", ""]
+  return lines
+
+
+def main(argv=None) -> int:
+  from linformer.flops import matmul_rate
+
+  args = parse_args(argv)
+  rate = matmul_rate(2048, 5)
+  print(f"float32 matmul rate: {rate / 1e9:.1f} GFLOP/s", flush=True)
+  lines = [
+    f"# Train step profile on {jax.devices()[0].platform} ({jax.devices()[0].device_kind})",
+    "",
+    f"`benchmarks/profile_step.py`; float32 matmul rate measured in the run: {rate / 1e9:.1f} "
+    "GFLOP/s.",
+    "",
+  ]
+  for preset in args.preset.split(","):
+    default = "1024" if preset == "peer" else "256,512"
+    for n in [int(v) for v in (args.n or default).split(",")]:
+      print(f"{preset}, n = {n}: compiling and tracing ...", flush=True)
+      lines += table(profile(preset, n, args.steps, args.scan_layers), rate)
+  text = "\n".join(lines)
+  print("\n" + text)
+  platform = jax.devices()[0].platform
+  out = Path(args.out or Path(__file__).parent / "results" / f"profile_step_{platform}.md")
+  out.write_text(text)
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  np.set_printoptions(precision=3)
+  sys.exit(main())
