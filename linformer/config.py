@@ -95,9 +95,10 @@ class ModelConfig:
   # more than SCAN_LAYERS_ABOVE layers when they can be stacked (one k, not layerwise sharing).
   # HF import/export and init_from convert between the two forms (convert/names.py).
   scan_layers: bool | None = None
-  # jax.nn.dot_product_attention's implementation when attention dropout is off: None lets JAX
-  # choose (XLA), 'cudnn' is flash attention on NVIDIA GPUs (float16/bfloat16 only; full
-  # attention with cuDNN needs attention_dropout_rate=0, as cuDNN's API here has no dropout).
+  # The attention kernel: None, the project's einsums (attention.attend); 'xla' or 'cudnn',
+  # jax.nn.dot_product_attention's implementation when attention dropout is off ('cudnn' is
+  # flash attention on NVIDIA GPUs, float16/bfloat16 only; full attention with cuDNN needs
+  # attention_dropout_rate=0, as cuDNN's API here has no dropout).
   attention_impl: str | None = None
 
   def __post_init__(self):
