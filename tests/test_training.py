@@ -254,6 +254,23 @@ def test_a_run_starts_from_and_exports_the_other_layer_form(reference, data_dir,
 
 
 @pytest.mark.slow
+def test_a_deeper_model_is_scanned_by_default_and_resumes(data_dir, pydocs_tokenizer, tmp_path):
+  """scan_layers=None (the default) is recorded as what ran, so resuming with the same command
+  compares True with True; 5 layers are scanned (more than 4)."""
+  config = small_config(
+    data_dir,
+    num_train_steps=2,
+    **{"model.num_layers": 5, "optimizer.warmup_steps": 1, "data.tokenizer": pydocs_tokenizer},
+  )
+  assert config.model.scan_layers is None
+  train_and_evaluate(config, str(tmp_path), until_step=1)
+  assert checkpointing.load_config(str(tmp_path)).model.scan_layers is True
+  result = train_and_evaluate(config, str(tmp_path))
+  assert int(result["state"].step) == 2
+  assert result["state"].params["encoder"]["layers"]["mlp_in"]["kernel"].shape == (5, 64, 128)
+
+
+@pytest.mark.slow
 def test_eval_on_the_train_split(reference):
   workdir, _ = reference
   out = subprocess.run(
