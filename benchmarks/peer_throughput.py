@@ -153,6 +153,7 @@ def main(argv=None) -> int:
   import train_throughput as tt
 
   from linformer.flops import matmul_rate
+  from linformer.measure import write_report
 
   rate = matmul_rate(2048, 5)
   print(f"float32 matmul rate: {rate / 1e9:.1f} GFLOP/s", flush=True)
@@ -222,11 +223,10 @@ def main(argv=None) -> int:
       f"| {100 * r['flops'] / r['peer_s'] / rate:.0f}% |"
     )
   text = "\n".join(lines) + "\n"
-  print("\n" + text)
   platform = jax.devices()[0].platform
-  out = Path(args.out or Path(__file__).parent / "results" / f"peer_throughput_{platform}.md")
-  out.write_text(text)
-  print(f"wrote {out}")
+  write_report(
+    text, args.out or Path(__file__).parent / "results" / f"peer_throughput_{platform}.md"
+  )
   return 0
 
 

@@ -50,6 +50,7 @@ from train_throughput import SyntheticMLMTask, make_config
 from train_throughput import parse_args as throughput_args
 
 from linformer.flops import train_flops
+from linformer.measure import write_report
 from linformer.training import partitioning
 from linformer.training.trainer import make_trainer
 
@@ -276,11 +277,8 @@ def main(argv=None) -> int:
       print(f"{preset}, n = {n}: compiling and tracing ...", flush=True)
       lines += table(profile(preset, n, args.steps, args.scan_layers), rate)
   text = "\n".join(lines)
-  print("\n" + text)
   platform = jax.devices()[0].platform
-  out = Path(args.out or Path(__file__).parent / "results" / f"profile_step_{platform}.md")
-  out.write_text(text)
-  print(f"wrote {out}")
+  write_report(text, args.out or Path(__file__).parent / "results" / f"profile_step_{platform}.md")
   return 0
 
 

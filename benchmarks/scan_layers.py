@@ -21,16 +21,15 @@ boundaries of a loop).
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import jax
-from train_throughput import SyntheticMLMTask, get_config
+from train_throughput import SyntheticMLMTask, get_config, timed_step
 
-from linformer.measure import MIB, compiled_memory, ints, time_interleaved
+from linformer.measure import MIB, compiled_memory, ints, time_interleaved, write_report
 from linformer.training import partitioning
 from linformer.training.trainer import make_trainer
 
@@ -76,16 +75,7 @@ def prepare(layers: int, scan: bool, args) -> dict:
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
-  state = jax.jit(trainer.init_state, out_shardings=trainer.state_sharding)()
-  batches = itertools.cycle([partitioning.global_batch(b, mesh) for b in task.batches])
-  holder = {"state": state}
-
-  def step():
-    start = time.perf_counter()
-    holder["state"], metrics = compiled(holder["state"], next(batches))
-    jax.block_until_ready((holder["state"], metrics))
-    return time.perf_counter() - start
-
+  step = timed_step(compiled, trainer, task, mesh)
   step()  # warm-up
   return dict(
     layers=layers,
@@ -155,11 +145,7 @@ def main(argv=None) -> int:
       f"{statistics.median(scanned):.1f} s).",
     ]
   text = "\n".join(lines) + "\n"
-  print("\n" + text)
-  out = Path(args.out or Path(__file__).parent / "results" / f"scan_layers_{platform}.md")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(text)
-  print(f"wrote {out}")
+  write_report(text, args.out or Path(__file__).parent / "results" / f"scan_layers_{platform}.md")
   return 0
 
 

@@ -231,6 +231,25 @@ def make_config(attention: str, n: int, args):
   return config
 
 
+def timed_step(compiled, trainer, task, mesh):
+  """A fresh train state and a call that runs one `compiled` step on the task's next batch
+  and returns its seconds (a loss that is not finite raises)."""
+  state = jax.jit(trainer.init_state, out_shardings=trainer.state_sharding)()
+  batches = itertools.cycle([partitioning.global_batch(b, mesh) for b in task.batches])
+  holder = {"state": state}
+
+  def step():
+    start = time.perf_counter()
+    holder["state"], metrics = compiled(holder["state"], next(batches))
+    jax.block_until_ready((holder["state"], metrics))
+    elapsed = time.perf_counter() - start
+    if not np.isfinite(float(metrics["loss"])):
+      raise FloatingPointError(f"loss {float(metrics['loss'])}")
+    return elapsed
+
+  return step
+
+
 def prepare(attention: str, n: int, args) -> dict:
   """Builds, compiles and warms up one cell; returns its static numbers and a timed `step`, or
   a status saying why there are none."""
@@ -257,19 +276,7 @@ def prepare(attention: str, n: int, args) -> dict:
     if oom := over_limit(peak, memory_limit()):
       return dict(info, status=oom)
 
-    state = jax.jit(trainer.init_state, out_shardings=trainer.state_sharding)()
-    batches = itertools.cycle([partitioning.global_batch(b, mesh) for b in task.batches])
-    holder = {"state": state}
-
-    def step():
-      start = time.perf_counter()
-      holder["state"], metrics = compiled(holder["state"], next(batches))
-      jax.block_until_ready((holder["state"], metrics))
-      elapsed = time.perf_counter() - start
-      if not np.isfinite(float(metrics["loss"])):
-        raise FloatingPointError(f"loss {float(metrics['loss'])}")
-      return elapsed
-
+    step = timed_step(compiled, trainer, task, mesh)
     for _ in range(args.warmup):
       step()
     return dict(info, status="ok", call=step)

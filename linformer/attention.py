@@ -259,9 +259,7 @@ def attend(
       q, k, v, key_value_seq_lengths=lengths, implementation="cudnn", is_causal=causal
     )
   if implementation == "xla" and not drop:
-    return jax.nn.dot_product_attention(
-      q, k, v, mask=mask, implementation="xla", is_causal=causal
-    )
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla", is_causal=causal)
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
   logits = logits / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
   if causal:

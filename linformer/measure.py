@@ -47,6 +47,16 @@ def ratio(a, b):
   return a / b if a is not None and b else None
 
 
+def write_report(text: str, path: Path) -> Path:
+  """A benchmark's markdown report: printed, and written to `path`."""
+  print("\n" + text)
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+  print(f"wrote {path}")
+  return path
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
   """Written whole to a temporary file, then renamed: never a half file."""
   path = Path(path)

@@ -124,3 +124,17 @@ def random_bert_dir(data_dir, root):
   out = str(root / "bert")
   export.export_dir(out, params, cfg, "bert", tokenizer_dir=str(root / "tokenizer.json"))
   return out
+
+
+def dot_count(jaxpr) -> int:
+  """Matrix products in a jaxpr, those inside nested jaxprs (a scan's body, remat, jit,
+  custom_vjp) counted once each."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name == "dot_general"
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else [value]:
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          count += dot_count(sub)
+  return count

@@ -15,6 +15,7 @@ from linformer.config import ConfigError, ModelConfig, resolve_dtype
 from linformer.model import Encoder, MaskedLM, SequenceClassifier
 from linformer.tasks.clm import chunked_lm_sums
 from linformer.tasks.mlm import mlm_sums
+from tests.helpers import dot_count
 
 SMALL = dict(vocab_size=97, max_len=64, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64, k=16)
 
@@ -83,19 +84,6 @@ def test_pre_and_post_ln_and_remat_agree(pre_ln):
   assert hasattr(plain, "final_norm") == pre_ln
 
 
-def _dot_count(jaxpr) -> int:
-  """Matrix products in a jaxpr, those inside nested jaxprs (remat, jit, custom_vjp) included."""
-  count = 0
-  for eqn in jaxpr.eqns:
-    count += eqn.primitive.name == "dot_general"
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (list, tuple)) else [value]:
-        sub = getattr(sub, "jaxpr", sub)
-        if hasattr(sub, "eqns"):
-          count += _dot_count(sub)
-  return count
-
-
 def test_remat_policies_decide_which_matmuls_the_backward_pass_runs_again():
   """2 layers of Linformer attention + MLP run 20 matmuls forward; a gradient without remat runs
   60 (two per forward product in the backward pass). With remat the backward pass recomputes
@@ -108,9 +96,9 @@ def test_remat_policies_decide_which_matmuls_the_backward_pass_runs_again():
     model = Encoder(ModelConfig(**SMALL, **remat), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
     loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(ids, jnp.ones_like(ids)) ** 2)
-    assert _dot_count(jax.make_jaxpr(loss)(params).jaxpr) == 20
+    assert dot_count(jax.make_jaxpr(loss)(params).jaxpr) == 20
     grad = jax.grad(loss)
-    return _dot_count(jax.make_jaxpr(grad)(params).jaxpr), lambda: jax.jit(grad)(params)
+    return dot_count(jax.make_jaxpr(grad)(params).jaxpr), lambda: jax.jit(grad)(params)
 
   plain, grads = grad_of()
   assert plain == 60

@@ -15,6 +15,7 @@ from linformer.convert import names
 from linformer.convert.hf_import import load_into
 from linformer.model import MaskedLM
 from linformer.training import partitioning
+from tests.helpers import dot_count
 
 TINY = dict(vocab_size=100, max_len=16, num_layers=3, hidden_size=32, num_heads=4, mlp_dim=64, k=8)
 
@@ -134,20 +135,6 @@ def test_stacked_parameters_shard_as_the_unrolled_ones_with_a_replicated_layer_a
   assert scanned[("encoder", "layers", "mlp_in", "kernel")] == P(None, "fsdp", "tensor")
 
 
-def _dots(jaxpr) -> int:
-  """Matrix products in a jaxpr, nested ones (scan body, remat, custom_vjp) once each."""
-  count = 0
-  for eqn in jaxpr.eqns:
-    count += eqn.primitive.name == "dot_general"
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (list, tuple)) else [value]:
-        if isinstance(sub, jax.extend.core.ClosedJaxpr):
-          count += _dots(sub.jaxpr)
-        elif isinstance(sub, jax.extend.core.Jaxpr):
-          count += _dots(sub)
-  return count
-
-
 def test_remat_inside_the_scan_recomputes_the_layer():
   """The scanned gradient's program holds one layer's products; with remat 'full' the layer's
   forward products run again in the backward scan, with 'save_dots' they do not."""
@@ -161,7 +148,7 @@ def test_remat_inside_the_scan_recomputes_the_layer():
     def loss(state):
       return nnx.merge(graphdef, state)(ids, mask, positions).sum()
 
-    return _dots(jax.make_jaxpr(jax.grad(loss))(state).jaxpr)
+    return dot_count(jax.make_jaxpr(jax.grad(loss))(state).jaxpr)
 
   plain = dots()
   assert dots(remat=True, remat_policy="full") > plain
