@@ -237,8 +237,8 @@ def parse_args(argv=None):
     "--impl",
     choices=["best", "xla", "cudnn", "default"],
     default="best",
-    help="jax.nn.dot_product_attention implementation; default: the project's "
-    "own call (no implementation argument)",
+    help="jax.nn.dot_product_attention implementation; default: attention_impl=None, the "
+    "project's own einsums (attention.attend)",
   )
   p.add_argument("--vocab", type=int, default=1000)
   p.add_argument("--repeats", type=int)
