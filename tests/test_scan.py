@@ -97,7 +97,7 @@ def test_stack_and_unstack_are_exact_inverses():
   assert names.unstack_layers(stacked).keys() == per_layer.keys()
   for path, value in names.unstack_layers(stacked).items():
     np.testing.assert_array_equal(value, per_layer[path])
-  again = names.stack_layers(per_layer, stacked)
+  again = names.stack_layers(per_layer)
   assert again.keys() == stacked.keys()
   for path, value in again.items():
     np.testing.assert_array_equal(value, stacked[path])

@@ -362,8 +362,8 @@ def load_into(
   keep their values. `model` may be abstract (`nnx.eval_shape`) if `params` covers it all."""
   graphdef, state = nnx.split(model)
   flat = []
-  paths = [prefix + path for path, _ in nnx.to_flat_state(state)]
-  params = names.stack_layers(params, paths)  # a scanned model's layers
+  if any(names.is_stacked(prefix + path) for path, _ in nnx.to_flat_state(state)):
+    params = names.stack_layers(params)  # a scanned model's layers
   for path, var in nnx.to_flat_state(state):
     if prefix + path in params:
       value = np.asarray(params[prefix + path])

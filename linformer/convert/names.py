@@ -74,16 +74,13 @@ def unstack_shapes(shapes: Mapping[tuple, tuple]) -> dict[tuple, tuple]:
   return out
 
 
-def stack_layers(flat: Mapping[tuple, np.ndarray], paths: Iterable[tuple]) -> dict:
-  """Per-layer `flat` in the layout of a model with `paths`: where the model stacks a layer
-  parameter, the layers' arrays (0, 1, ... as present) are stacked on a new leading axis."""
-  stacked = {p for p in paths if is_stacked(p)}
-  if not stacked:
-    return dict(flat)
+def stack_layers(flat: Mapping[tuple, np.ndarray]) -> dict:
+  """Per-layer `flat` in a scanned model's layout: each layer parameter's arrays (layers 0, 1,
+  ... as present) stacked on a new leading axis."""
   out, groups = {}, collections.defaultdict(dict)
   for path, value in flat.items():
     layer = _layer_of(path)
-    if layer is None or layer[1] not in stacked:
+    if layer is None:
       out[path] = value
     else:
       groups[layer[1]][layer[0]] = value

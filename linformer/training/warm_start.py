@@ -239,14 +239,8 @@ def load_values(
   if subtrees is not None:
     values = {k: v for k, v in values.items() if k[0] in subtrees}
   if cfg.scanned:
-    values = names.stack_layers(values, stacked_paths(cfg))
+    values = names.stack_layers(values)
   return values, notes
-
-
-def stacked_paths(cfg: ModelConfig) -> list[tuple]:
-  """The stacked layer paths of a scanned encoder of `cfg` (nothing is allocated)."""
-  shapes = hf_import.target_shapes(dataclasses.replace(cfg, scan_layers=False))
-  return sorted({names.LAYERS + p[3:] for p in shapes if p[:2] == names.LAYERS}, key=str)
 
 
 def copy_values(tree, values: Mapping[tuple, np.ndarray]):
