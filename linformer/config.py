@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-ATTENTION_KINDS = ("linformer", "full")
+ATTENTION_KINDS = ("linformer", "full", "lsh")
 SHARING_MODES = ("none", "headwise", "kv", "layerwise")
 PROJECTIONS = ("learned", "random", "mean_pool", "max_pool", "conv")
 PROJECTION_INITS = ("normal", "pool")
@@ -62,7 +62,7 @@ class ModelConfig:
   hidden_size: int = 768
   num_heads: int = 12
   mlp_dim: int = 3072
-  attention: str = "linformer"  # linformer | full
+  attention: str = "linformer"  # linformer | full | lsh
   # Causal (decoder) attention: a token sees no later position. For Linformer this is the
   # segment-wise causal projection (attention.py): segments of `segment_len` tokens (c), each
   # compressed to r = k c / max_len rows seen only by later segments.
@@ -100,6 +100,17 @@ class ModelConfig:
   # flash attention on NVIDIA GPUs, float16/bfloat16 only; full attention with cuDNN needs
   # attention_dropout_rate=0, as cuDNN's API here has no dropout).
   attention_impl: str | None = None
+  # LSH attention (attention='lsh'; Reformer, Kitaev et al. 2020; attention.lsh_attend): one
+  # projection gives queries and keys (keys are the unit-length queries), hashed lsh_rounds times
+  # into lsh_buckets buckets by random rotations; tokens are sorted by bucket and cut into chunks
+  # of lsh_chunk_len, and a query attends to the keys of its own bucket in its chunk and the one
+  # before. lsh_buckets=None takes the paper's 2 max_len / lsh_chunk_len (a bucket averages half
+  # a chunk). Training draws the rotations from the dropout stream at every call; evaluation
+  # (deterministic=True) always hashes with the rotations of lsh_seed, so it is repeatable.
+  lsh_buckets: int | None = None
+  lsh_rounds: int = 4
+  lsh_chunk_len: int = 64
+  lsh_seed: int = 0
 
   def __post_init__(self):
     if isinstance(self.k, Sequence) and not isinstance(self.k, str):
@@ -132,6 +143,13 @@ class ModelConfig:
   def padded_vocab_size(self) -> int:
     """Rows of the embedding table: vocab_size rounded up to a multiple of vocab_multiple."""
     return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+  @property
+  def lsh_num_buckets(self) -> int:
+    """Buckets of LSH attention: `lsh_buckets`, or 2 max_len / lsh_chunk_len when None."""
+    if self.lsh_buckets is None:
+      return max(2, 2 * self.max_len // self.lsh_chunk_len)
+    return self.lsh_buckets
 
   @property
   def scanned(self) -> bool:
@@ -236,6 +254,49 @@ class ModelConfig:
       self._validate_linformer()
       if self.causal:
         self._validate_causal_linformer()
+    if self.attention == "lsh":
+      self._validate_lsh()
+
+  def _validate_lsh(self) -> None:
+    c, n = self.lsh_chunk_len, self.max_len
+    if not isinstance(c, int) or c <= 0 or n % c:
+      raise _field_error(
+        "lsh_chunk_len",
+        c,
+        f"LSH attention cuts the sorted max_len={n} tokens into chunks of lsh_chunk_len",
+        f"set lsh_chunk_len to a divisor of max_len (e.g. {_divisor_near(n, 64)})",
+      )
+    b = self.lsh_buckets
+    if b is not None and (not isinstance(b, int) or b < 2 or b % 2):
+      raise _field_error(
+        "lsh_buckets",
+        b,
+        "the angular hash argmax([xR; -xR]) gives an even number of buckets, at least 2",
+        f"use an even number >= 2, or None for 2 max_len / lsh_chunk_len = {max(2, 2 * n // c)}",
+      )
+    if not isinstance(self.lsh_rounds, int) or self.lsh_rounds < 1:
+      raise _field_error(
+        "lsh_rounds", self.lsh_rounds, "must be an integer >= 1", "e.g. 4 (8 is closer to full)"
+      )
+    if not isinstance(self.lsh_seed, int) or self.lsh_seed < 0:
+      raise _field_error(
+        "lsh_seed", self.lsh_seed, "must be an integer >= 0", "e.g. 0 (evaluation's rotations)"
+      )
+    if self.causal:
+      raise _field_error(
+        "causal",
+        True,
+        "LSH attention is built bidirectional only (no causal mask in its chunks, no decoding "
+        "cache)",
+        "set causal=False, or attention='linformer' or 'full' for a decoder",
+      )
+    if self.attention_impl is not None:
+      raise _field_error(
+        "attention_impl",
+        self.attention_impl,
+        "LSH attention runs its own chunked einsums; dot_product_attention's kernels do not apply",
+        "use attention_impl=None with attention='lsh'",
+      )
 
   def _validate_linformer(self) -> None:
     if self.sharing not in SHARING_MODES:

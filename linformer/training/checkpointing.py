@@ -60,6 +60,11 @@ ADDED_FIELDS = {
   "model.vocab_multiple": 1,
   "model.remat_policy": "full",  # the embedding table had exactly vocab_size rows
   "model.scan_layers": False,  # layers were a list: checkpoints hold them one by one
+  # LSH attention's fields, read by attention='lsh' only (which older runs cannot have used).
+  "model.lsh_buckets": None,
+  "model.lsh_rounds": 4,
+  "model.lsh_chunk_len": 64,
+  "model.lsh_seed": 0,
 }
 
 LATEST, BEST = "checkpoints", "best"
