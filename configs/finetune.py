@@ -15,14 +15,19 @@ listops | files: your own, from config.data.files; `task=` is its deprecated spe
 model keys of configs/pretrain.py (size, n, k, sharing, projection, attention), which must match
 the pretraining run given in init_from.
 Also lr, batch, epochs.
-`sweep(add, arg)` lists the RoBERTa fine-tuning grid: lr in {1e-5, 2e-5, 3e-5} x batch in
-{16, 32}.
+`sweep(add, arg)` (sweep.py) lists, by the config string's sweep= key: `glue` (the default) the
+RoBERTa fine-tuning grid, lr in {1e-5, 2e-5, 3e-5} x batch in {16, 32}; `attention` the same run
+with each attention kind (linformer, full, lsh), e.g. ListOps from scratch as LRA compares them:
+
+  python sweep.py --config=configs/finetune.py:dataset=listops,n=512,sweep=attention \
+      --workdir=runs/listops_attention
 """
 
 import ml_collections
 from absl import logging
 
 from configs import pretrain
+from linformer.config import ATTENTION_KINDS
 from linformer.data import datasets
 
 KNOWN_ARGS = (
@@ -95,7 +100,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def sweep(add, arg=None):
-  """RoBERTa's GLUE grid (Liu et al. 2019, appendix): learning rate x batch size."""
-  for lr in (1e-5, 2e-5, 3e-5):
-    for batch in (16, 32):
-      add(**{"optimizer.lr": lr, "batch_size": batch})
+  """sweep=glue (the default): RoBERTa's GLUE grid (Liu et al. 2019, appendix), learning rate x
+  batch size; sweep=attention: each attention kind."""
+  name = pretrain.parse_arg(arg).get("sweep", "glue")
+  if name == "attention":
+    for kind in ATTENTION_KINDS:
+      add(attention=kind)
+  elif name == "glue":
+    for lr in (1e-5, 2e-5, 3e-5):
+      for batch in (16, 32):
+        add(**{"optimizer.lr": lr, "batch_size": batch})
+  else:
+    raise ValueError(f"configs/finetune.py: sweep={name!r}; use glue or attention.")

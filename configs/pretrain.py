@@ -7,18 +7,22 @@ r"""Masked-LM pretraining of a Linformer (or the full-attention baseline), RoBER
 Config-string keys: size (tiny | small | base | large), n (sequence length = model max_len),
 k (an int, or per-layer values joined by '/': k=128/128/64/64), sharing (none | headwise | kv |
 layerwise), projection (learned | random | mean_pool | max_pool | conv), attention
-(linformer | full), steps (num_train_steps), batch (batch_size), and sweep (used by sweep.py).
-Every field below can also be overridden with --config.<field>=... .
+(linformer | full | lsh), steps (num_train_steps), batch (batch_size), and sweep (used by
+sweep.py). Every field below can also be overridden with --config.<field>=... ; LSH attention's
+with --config.model.lsh_{buckets,rounds,chunk_len,seed}=... (chunks of 64 by default: n must be a
+multiple of lsh_chunk_len).
 
 Sweeps of the paper's Figure 3 (`python sweep.py --config=configs/pretrain.py:sweep=fig3a,...`):
 fig3a (n=512: k in 64, 128, 256 and the Transformer), fig3b (n=1024: k in 128, 256, 512 and the
-Transformer), fig3c (n=512, k=128: the four sharing modes), fig3d (k=256: n in 512..4096).
+Transformer), fig3c (n=512, k=128: the four sharing modes), fig3d (k=256: n in 512..4096); and
+attention (the same model with each attention kind: linformer, full, lsh).
 """
 
 from typing import NamedTuple
 
 import ml_collections
 
+from linformer.config import ATTENTION_KINDS
 from linformer.data.pretrain import default_config as data_config
 from linformer.training import partitioning
 
@@ -105,6 +109,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     scan_layers=ml_collections.config_dict.placeholder(bool),
     dtype="auto",  # compute: bfloat16 on GPU/TPU, float32 on CPU; parameters stay float32
     attention_impl=ml_collections.config_dict.placeholder(str),  # None | xla | cudnn
+    # attention=lsh (Reformer): buckets (None: 2 n / lsh_chunk_len), hash rounds, the sorted
+    # chunks' length, and the seed of evaluation's rotations (training draws new ones per step).
+    lsh_buckets=ml_collections.config_dict.placeholder(int), lsh_rounds=4, lsh_chunk_len=64,
+    lsh_seed=0,
   ))
   # fmt: on
   config.data = data_config()
@@ -151,11 +159,12 @@ SWEEPS = {
   "fig3b": [dict(n=1024, attention="full")] + [dict(n=1024, k=k) for k in (128, 256, 512)],
   "fig3c": [dict(n=512, k=128, sharing=s) for s in ("none", "headwise", "kv", "layerwise")],
   "fig3d": [dict(n=n, k=256) for n in (512, 1024, 2048, 4096)],
+  "attention": [dict(attention=kind) for kind in ATTENTION_KINDS],
 }
 
 
 def sweep(add, arg=None):
-  """The variants of the Figure 3 panel named by the config string's sweep= key."""
+  """The variants of the Figure 3 panel (or `attention`) named by the config string's sweep=."""
   name = parse_arg(arg).get("sweep")
   if name not in SWEEPS:
     raise ValueError(f"configs/pretrain.py: sweep={name!r}; use one of {list(SWEEPS)}.")

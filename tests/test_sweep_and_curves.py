@@ -9,6 +9,7 @@ import pytest
 
 import sweep
 from linformer.analysis import curves
+from linformer.config import ATTENTION_KINDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,6 +38,22 @@ def test_finetune_sweep_is_the_roberta_grid():
   grid = sweep.variants("configs/finetune.py:dataset=sst2")
   assert len(grid) == 6
   assert grid[0][2] == ["--config.optimizer.lr=1e-05", "--config.batch_size=16"]
+
+
+def test_attention_kinds_are_sweepable_for_pretraining_and_listops():
+  """sweep=attention: the same run with each attention kind, the other keys kept."""
+  pre = sweep.variants("configs/pretrain.py:sweep=attention,size=tiny,steps=50")
+  assert [cfg for _, cfg, _ in pre] == [
+    f"configs/pretrain.py:size=tiny,steps=50,attention={kind}" for kind in ATTENTION_KINDS
+  ]
+  assert ATTENTION_KINDS == ("linformer", "full", "lsh")
+  listops = sweep.variants("configs/finetune.py:dataset=listops,n=512,sweep=attention")
+  assert [(name, extra) for name, _, extra in listops] == [
+    (f"attention={kind}", []) for kind in ATTENTION_KINDS
+  ]
+  assert listops[2][1] == "configs/finetune.py:dataset=listops,n=512,attention=lsh"
+  with pytest.raises(ValueError, match="sweep='fig3a'; use glue or attention"):
+    sweep.variants("configs/finetune.py:dataset=listops,sweep=fig3a")
 
 
 def test_dry_run_prints_one_command_per_variant(tmp_path):
