@@ -22,6 +22,11 @@ loss and the optimizer. With n tokens per sequence, width H, MLP width F, k the 
     CLM head    dense, tied decoder        2 n H^2, 2 n H V (the next token at every position)
     finetune    dense, output              2 H^2, 2 H labels (at the first token)
 
+LSH attention (`attention='lsh'`, chunks of c, R rounds, B buckets, the input padded to whole
+chunks): Q and V dense only (the keys are the unit-length queries), the hash 2 n H (B/2) R (part
+`lsh_hash`), per round Q K^T and P V against the 2c keys of a query's chunk and the one before
+(2 n 2c H each), and the rounds' combination 2 n H R. Sorting and gathers are not matmuls.
+
 For `kv` and `layerwise` sharing the code calls the projection for K and for V separately; both
 calls count. Causal attention (`cfg.causal`): full attention is counted as the non-causal one, as
 the masked-out half of Q K^T and P V is computed anyway; the causal Linformer (segments of c
@@ -30,7 +35,8 @@ P V (2 n (k' + c) H each), its block-diagonal E costs 2 r n H (r in place of k),
 inputs projected first the K, V dense also runs on all n tokens (the local keys).
 
 Training = 3 x forward (the backward of a matmul is two matmuls of its size), except a fixed
-`random` projection, whose matrix gets no gradient: 2 x. Rematerialisation's recomputed forward
+`random` projection, whose matrix gets no gradient: 2 x, and LSH's hash, whose argmax passes no
+gradient: 1 x. Rematerialisation's recomputed forward
 is not counted (model FLOPs, not hardware FLOPs). For a training loop, with
 `peak, source = peak_flops(cfg.dtype, devices)`:
 
@@ -82,6 +88,16 @@ def forward_flops(
       parts["kv_dense"] += 2 * (2 * n * hid * hid)
       parts["attention"] += 2 * (2 * n * n * hid)
       continue
+    if cfg.attention == "lsh":
+      c, rounds = cfg.lsh_chunk_len, cfg.lsh_rounds
+      padded = -(-n // c) * c  # the input is padded to whole chunks before Q and V
+      parts["qo_dense"] += 2 * (padded - n) * hid * hid
+      parts["kv_dense"] += 2 * padded * hid * hid  # V only: the keys are the queries
+      parts["lsh_hash"] = (
+        parts.get("lsh_hash", 0.0) + 2 * padded * hid * (cfg.lsh_num_buckets // 2) * rounds
+      )
+      parts["attention"] += rounds * 2 * (2 * padded * 2 * c * hid) + 2 * rounds * padded * hid
+      continue
     k = cfg.layer_ks[layer]
     pooled = cfg.projection in ("mean_pool", "max_pool", "conv")
     keys = math.ceil(n / (cfg.max_len // k)) if pooled else k  # windows of an n-token input
@@ -118,7 +134,8 @@ def train_flops(
   """Matmul FLOPs of one length-n sequence through forward and backward, by part."""
   parts = forward_flops(cfg, n, task, num_predictions, num_labels)
   fixed = cfg.attention == "linformer" and cfg.projection == "random"
-  return {key: (2.0 if key == "seq_proj" and fixed else 3.0) * v for key, v in parts.items()}
+  factor = lambda key: 1.0 if key == "lsh_hash" else 2.0 if key == "seq_proj" and fixed else 3.0
+  return {key: factor(key) * v for key, v in parts.items()}
 
 
 def train_flops_per_token(
