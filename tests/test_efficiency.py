@@ -68,6 +68,8 @@ def _load_script(name: str):
     (dict(sharing="none"), 256, "encoder"),  # per-head E and F
     (dict(sharing="kv", projection="mean_pool"), 256, "encoder"),
     (dict(sharing="headwise"), 256, "mlm"),
+    (dict(attention="lsh", lsh_rounds=2, lsh_chunk_len=32), 256, "encoder"),
+    (dict(attention="lsh", lsh_rounds=4, lsh_chunk_len=64), 200, "encoder"),  # padded to 256
   ],
 )
 def test_flop_model_against_xla_cost_analysis(model, n, task):
