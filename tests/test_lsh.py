@@ -14,9 +14,10 @@ from flax import nnx
 from configs import finetune, pretrain
 from linformer.attention import LSH_SELF_SCORE, SelfAttention, lsh_attend, lsh_hash, lsh_rotations
 from linformer.config import ConfigError, ModelConfig
+from linformer.convert import export, hf_import
 from linformer.convert.hf_import import load_into
 from linformer.model import Encoder, MaskedLM
-from linformer.training import validation
+from linformer.training import validation, warm_start
 from linformer.training.loop import train_and_evaluate
 from linformer.training.run_logs import read_metrics
 from tests.helpers import small_config
@@ -282,6 +283,25 @@ def test_configs_take_attention_lsh():
   assert tiny.attention == "lsh" and tiny.lsh_num_buckets == 4  # n = 128, chunks of 64
   listops = finetune.get_config("dataset=listops,size=tiny,n=512,attention=lsh")
   assert validation.check_model(listops).lsh_num_buckets == 16
+
+
+def test_huggingface_conversion_is_refused_in_one_line(data_dir, hf_dir):
+  """BERT / RoBERTa have separate query and key weights: no export, import or warm start."""
+  cfg = ModelConfig(**SMALL)
+  params = {
+    p: np.asarray(v.get_value())
+    for p, v in nnx.to_flat_state(nnx.state(MaskedLM(cfg, rngs=nnx.Rngs(0))))
+  }
+  for convert in (
+    lambda: export.export_params(params, cfg, "bert"),
+    lambda: hf_import.params_from_tensors(cfg, {}, "bert"),
+    lambda: warm_start.open_source(
+      small_config(data_dir, **{"model.attention": "lsh", "init_from": hf_dir})
+    ),
+  ):
+    with pytest.raises(ConfigError, match="attention='lsh'|an LSH model") as info:
+      convert()
+    assert "Fix:" in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.slow

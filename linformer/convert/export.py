@@ -65,6 +65,7 @@ def export_params(
   `BertForMaskedLM` / `RobertaForMaskedLM`, without one those of `BertModel` / `RobertaModel`."""
   if model_type not in MODEL_TYPES:
     raise ValueError(f"model_type={model_type!r}: use one of {MODEL_TYPES}.")
+  names.check_convertible(cfg)
   params = names.unstack_layers({tuple(p): np.asarray(v) for p, v in params.items()})
   head = _has_head(params, model_type, cfg)
   prefix = model_type + "." if head else ""

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from linformer.config import ModelConfig
+from linformer.config import ConfigError, ModelConfig
 
 LINFORMER_PREFIX = "linformer."
 POSITIONS = ("encoder", "embeddings", "position", "embedding")
@@ -136,12 +136,26 @@ def resize_vocab_rows(value: np.ndarray, path: tuple, rows: int) -> np.ndarray:
   return np.pad(value, [(0, rows - value.shape[0])] + [(0, 0)] * (value.ndim - 1))
 
 
+def check_convertible(cfg: ModelConfig) -> None:
+  """HF BERT and RoBERTa have separate query and key weights and no LSH attention: an LSH model
+  (one shared query-key projection) is neither exported to nor imported from their format."""
+  if cfg.attention == "lsh":
+    raise ConfigError(
+      "config.model.attention='lsh': BERT and RoBERTa checkpoints have separate query and key "
+      "weights and no LSH attention, so an LSH model is not converted to or from HuggingFace "
+      "format. Fix: keep LSH runs in the project's checkpoints (init_from a run's workdir), or "
+      "convert a model with attention='full' or 'linformer'."
+    )
+
+
 def hf_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
-  """Every parameter HF BERT/RoBERTa has a name for, in `MaskedLM(cfg)`'s paths.
+  """Every parameter HF BERT/RoBERTa has a name for, in `MaskedLM(cfg)`'s paths (none for LSH
+  attention: `check_convertible`).
 
   The position table is listed with identity transforms: its rows depend on the checkpoint's
   position offset and length, which the caller handles (`hf_import.resize_positions`).
   """
+  check_convertible(cfg)
   h, d, c = cfg.num_heads, cfg.head_dim, cfg.hidden_size
   e = ("encoder",)
   out = [

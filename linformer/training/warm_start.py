@@ -163,6 +163,12 @@ def _projection_columns(model) -> int | None:
 
 
 def _huggingface_source(path: str, hf: dict, config, workdir: str | None) -> Source:
+  if config.model.get("attention") == "lsh":
+    raise ConfigError(
+      f"config.init_from={path!r} is a HuggingFace checkpoint, whose separate query and key "
+      "weights an LSH model (one shared query-key projection) cannot take. Fix: init_from a run "
+      "of this project with attention='lsh', or use attention='full' or 'linformer'."
+    )
   try:
     fixed = hf_config.model_fields_from_hf(hf)
   except hf_config.HFImportError as e:
