@@ -1,25 +1,29 @@
-"""Linformer vs full attention: forward time and compiled memory, side by side.
+"""Linformer and LSH (Reformer) vs full attention: forward time and compiled memory, side by side.
 
     python benchmarks/attention.py                    # default sweep, a few minutes on 2 CPU cores
     python benchmarks/attention.py --encoder_n 512,1024,2048,4096 --dtype bfloat16
 
-What is measured, for each sequence length n and (Linformer only) projected length k:
+What is measured, for each sequence length n, (Linformer) projected length k and (LSH) number of
+hash rounds:
 
 * Two components at RoBERTa-base widths (hidden 768, 12 heads, MLP 3072): one `SelfAttention`
   layer, and the 12-layer `Encoder` with a 1000-token vocabulary so that the embedding table does
   not weigh in the parameters. Full attention does not depend on k; it is measured once per n.
+  LSH attention (`attention='lsh'`) runs --lsh_rounds rounds (4 and 8 by default) over chunks of
+  --lsh_chunk tokens (64) and the paper's 2 n / chunk buckets; evaluation's fixed rotations.
 * Forward time: the jit-compiled forward pass, dropout off (deterministic=True), one warm-up call
   excluded, median wall time of --repeats calls, each ended with `block_until_ready`. The calls
-  of full and Linformer at one n are interleaved, so other load on the machine hits both alike.
+  of every model at one n are interleaved, so other load on the machine hits them alike.
 * Memory, from XLA's compiled memory analysis (`jax.jit(f).lower(...).compile().memory_analysis()`),
   so it is what the compiler plans, not a sampled process RSS:
     - "temp" (temp_size_in_bytes): the intermediates of the computation, parameters, input and
       output excluded. For the single layer this is the attention's working memory: the n x n
-      logits and softmax weights of full attention against n x k for Linformer, plus Q and the
-      heads' output. The project's memory check uses this number.
+      logits and softmax weights of full attention against n x k for Linformer and
+      rounds x n x 2 chunk for LSH (which also keeps each round's sorted copies of Q, K and V),
+      plus Q and the heads' output. The project's memory check uses this number.
     - "peak" (argument + output + temp bytes; `linformer.measure.compiled_memory`, no donated
       aliases here): everything live during the call, parameters and input/output included.
-      The projections, MLP and residual stream cost the same in both models, so this ratio is
+      The projections, MLP and residual stream cost the same in every model, so this ratio is
       smaller than the temp ratio.
 * Batch size 1 by default: the n-dependence is the point, and batch scales time and temp
   memory of both models roughly linearly, so it changes the ratios little.
@@ -84,6 +88,10 @@ def parse_args(argv=None):
     help="sequence lengths for the 12-layer encoder (empty to skip)",
   )
   p.add_argument("--k", type=ints, default=[128, 256], help="Linformer projected lengths")
+  p.add_argument(
+    "--lsh_rounds", type=ints, default=[4, 8], help="LSH attention's hash rounds (empty to skip)"
+  )
+  p.add_argument("--lsh_chunk", type=int, default=64, help="LSH attention's chunk length")
   p.add_argument("--batch", type=int, default=1)
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   p.add_argument("--sharing", choices=SHARING_MODES, default="layerwise")
@@ -95,13 +103,17 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def build(component: str, attention: str, n: int, k: int, args):
-  """The module and its example inputs (arrays only, so they can go through jit)."""
+def build(component: str, attention: str, n: int, variant: int | None, args):
+  """The module and its example inputs (arrays only, so they can go through jit); `variant` is
+  Linformer's k or LSH attention's number of rounds."""
+  lsh = dict(lsh_rounds=variant, lsh_chunk_len=args.lsh_chunk) if attention == "lsh" else {}
+  k = variant if attention == "linformer" else 128
   cfg = ModelConfig(
     vocab_size=1000,
     max_len=n,
     attention=attention,
     k=k,
+    **lsh,
     sharing=args.sharing,
     projection=args.projection,
     dropout_rate=0.0,
@@ -120,11 +132,11 @@ def build(component: str, attention: str, n: int, k: int, args):
   return SelfAttention(cfg, 0, shared, rngs=rngs), (x, mask)
 
 
-def prepare(component: str, attention: str, n: int, k: int, args) -> dict:
+def prepare(component: str, attention: str, n: int, variant: int | None, args) -> dict:
   """Compiles one cell and runs its warm-up call: its temp and peak bytes and a timed `call`,
   or a status saying why there are none."""
   try:
-    module, inputs = build(component, attention, n, k, args)
+    module, inputs = build(component, attention, n, variant, args)
     compiled, state = compile_forward(module, inputs)
     mem = compiled_memory(compiled)
     temp, peak = mem["temp"], mem["peak"]
@@ -137,19 +149,24 @@ def prepare(component: str, attention: str, n: int, k: int, args) -> dict:
     return dict(status=failure_status(e))
 
 
+def label(attention: str, variant: int | None) -> str:
+  return f"linformer k={variant}" if attention == "linformer" else f"lsh {variant} rounds"
+
+
 def run_sweep(args) -> list[dict]:
   cells = []
   for component, ns in (("layer", args.layer_n), ("encoder", args.encoder_n)):
     for n in ns:
       cells.append((component, "full", n, None))  # full attention has no k
       cells += [(component, "linformer", n, k) for k in args.k]
+      cells += [(component, "lsh", n, rounds) for rounds in args.lsh_rounds]
   results = {}
   with tqdm(total=len(cells), unit="cell") as bar:
     for component, n in dict.fromkeys((c, n) for c, _, n, _ in cells):
       group = [cell for cell in cells if cell[::2] == (component, n)]
       for cell in group:
         bar.set_description(
-          f"{component} n={n} compiling {cell[1]}" + (f" k={cell[3]}" if cell[3] else "")
+          f"{component} n={n} compiling " + (label(*cell[1::2]) if cell[1] != "full" else "full")
         )
         results[cell] = prepare(*cell, args)
       bar.set_description(f"{component} n={n} timing")
@@ -158,31 +175,34 @@ def run_sweep(args) -> list[dict]:
 
   ms = lambda r: r.get("median_s") and 1e3 * r["median_s"]
   rows = []
-  for component, attention, n, k in cells:
+  for component, attention, n, variant in cells:
     if attention == "full":
       continue
     full = results[(component, "full", n, None)]
-    lin = results[(component, "linformer", n, k)]
+    other = results[(component, attention, n, variant)]
     rows.append(
       dict(
         component=component,
         n=n,
-        k=k,
+        model=attention,
+        k=variant if attention == "linformer" else None,
+        rounds=variant if attention == "lsh" else None,
+        chunk=args.lsh_chunk if attention == "lsh" else None,
         batch=args.batch,
         dtype=args.dtype,
-        sharing=args.sharing,
-        projection=args.projection,
+        sharing=args.sharing if attention == "linformer" else None,
+        projection=args.projection if attention == "linformer" else None,
         full_ms=ms(full),
-        linformer_ms=ms(lin),
-        speedup=ratio(ms(full), ms(lin)),
+        model_ms=ms(other),
+        speedup=ratio(ms(full), ms(other)),
         full_temp_bytes=full.get("temp"),
-        linformer_temp_bytes=lin.get("temp"),
-        temp_ratio=ratio(full.get("temp"), lin.get("temp")),
+        model_temp_bytes=other.get("temp"),
+        temp_ratio=ratio(full.get("temp"), other.get("temp")),
         full_peak_bytes=full.get("peak"),
-        linformer_peak_bytes=lin.get("peak"),
-        peak_ratio=ratio(full.get("peak"), lin.get("peak")),
+        model_peak_bytes=other.get("peak"),
+        peak_ratio=ratio(full.get("peak"), other.get("peak")),
         full_status=full["status"],
-        linformer_status=lin["status"],
+        model_status=other["status"],
       )
     )
   return rows
@@ -190,29 +210,29 @@ def run_sweep(args) -> list[dict]:
 
 def markdown(rows: list[dict], component: str) -> str:
   head = (
-    "| n | k | full ms | linformer ms | speed-up (full/lin) | full temp MiB | lin temp MiB "
-    "| temp ratio | full peak MiB | lin peak MiB | peak ratio |"
+    "| n | model | full ms | model ms | speed-up (full/model) | full temp MiB | model temp MiB "
+    "| temp ratio | full peak MiB | model peak MiB | peak ratio |"
   )
   lines = [head, "|" + "---:|" * head.count(" | ") + "---:|"]
   for r in rows:
     if r["component"] != component:
       continue
     full_ms = fmt(r["full_ms"], ".1f", r["full_status"].split(":")[0])
-    lin_ms = fmt(r["linformer_ms"], ".1f", r["linformer_status"].split(":")[0])
+    model_ms = fmt(r["model_ms"], ".1f", r["model_status"].split(":")[0])
     mib = lambda b: fmt(b and b / MIB, ".1f")
     lines.append(
       " | ".join(
         [
           f"| {r['n']}",
-          str(r["k"]),
+          label(r["model"], r["k"] or r["rounds"]),
           full_ms,
-          lin_ms,
+          model_ms,
           fmt(r["speedup"], ".2f", suffix="x"),
           mib(r["full_temp_bytes"]),
-          mib(r["linformer_temp_bytes"]),
+          mib(r["model_temp_bytes"]),
           fmt(r["temp_ratio"], ".1f", suffix="x"),
           mib(r["full_peak_bytes"]),
-          mib(r["linformer_peak_bytes"]),
+          mib(r["model_peak_bytes"]),
           fmt(r["peak_ratio"], ".2f", suffix="x") + " |",
         ]
       )
@@ -223,7 +243,13 @@ def markdown(rows: list[dict], component: str) -> str:
 def check(rows: list[dict]) -> str:
   c = CHECK
   row = next(
-    (r for r in rows if (r["component"], r["n"], r["k"]) == (c["component"], c["n"], c["k"])), None
+    (
+      r
+      for r in rows
+      if (r["component"], r["model"], r["n"], r["k"])
+      == (c["component"], "linformer", c["n"], c["k"])
+    ),
+    None,
   )
   head = f"Linformer at n={c['n']}, k={c['k']} (single attention layer): "
   if row is None or row["speedup"] is None or row["temp_ratio"] is None:
@@ -242,7 +268,7 @@ def main(argv=None) -> int:
   print(
     f"JAX {jax.__version__} on {jax.default_backend()} ({device.device_kind}); batch "
     f"{args.batch}, {args.dtype}, sharing={args.sharing}, projection={args.projection}, "
-    f"median of {args.repeats} after 1 warm-up"
+    f"LSH chunks of {args.lsh_chunk}, median of {args.repeats} after 1 warm-up"
   )
   rows = run_sweep(args)
   print(
