@@ -551,6 +551,7 @@ def stage_table3(args, clock, name: str, work_root: Path) -> dict:
   if args.dry_run:
     flags = ["--preset", "cpu", "--ns", "64", "--ks", "16", "--layers", "1"]
     flags += ["--memory_layers", "1", "--tokens", "64", "--repeats", "1", "--no-isolate"]
+    flags += ["--lsh_rounds", "2"]  # one LSH model beside the two others
   else:
     flags = ["--preset", "gpu"]
   flags += ["--resume", "--time_budget", f"{max(left - 90, 1):.0f}", "--quiet"]

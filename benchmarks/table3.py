@@ -1,4 +1,5 @@
-r"""Table 3: inference time and memory of the whole model, Linformer against the Transformer.
+r"""Table 3: inference time and memory of the whole model, Linformer (and LSH attention) against
+the Transformer.
 
     python benchmarks/table3.py                 # CPU preset: ~5 minutes on 2 shared cores
     # An NVIDIA GPU, the paper's every size (n up to 65536), ~10 minutes; stops starting models
@@ -20,17 +21,22 @@ the parameters and the memory is that of the layer stack. Two models per sequenc
 * Linformer: `attention='linformer'`, `sharing='layerwise'` (one learned n x k matrix for every
   layer, head, key and value, as in the paper's Table 3), `projection='learned'`, for each
   k < n in --ks (the paper's cells; the others are "-").
+* LSH attention (Reformer, not in the paper's table): `attention='lsh'` with each number of hash
+  rounds in --lsh_rounds (4 and 8 in both presets; empty to skip), chunks of --lsh_chunk tokens
+  (64), the Reformer paper's 2 n / chunk buckets, evaluation's fixed rotations. It runs the
+  project's own einsums whatever --impl says (`jax.nn.dot_product_attention` has no LSH).
 
-Both take random token ids, an all-ones attention mask, dropout off (deterministic=True), in
---dtype. Both compute softmax attention with `jax.nn.dot_product_attention` under --impl: the
-model's `attention_impl` field picks the implementation. `--impl best` is cuDNN flash attention
-on NVIDIA GPUs (it needs float16/bfloat16; a model whose cuDNN attention does not compile falls
-back to XLA, and the fallback is recorded in the CSV and the table notes) and XLA elsewhere.
+All take random token ids, an all-ones attention mask, dropout off (deterministic=True), in
+--dtype. The Transformer and the Linformer compute softmax attention with
+`jax.nn.dot_product_attention` under --impl: the model's `attention_impl` field picks the
+implementation. `--impl best` is cuDNN flash attention on NVIDIA GPUs (it needs
+float16/bfloat16; a model whose cuDNN attention does not compile falls back to XLA, and the
+fallback is recorded in the CSV and the table notes) and XLA elsewhere.
 
 Batch (--batch_policy):
 
 * `tokens` (default): one token budget per batch for every cell, batch = max(1, --tokens // n)
-  sequences, the same for both models, so the time and memory ratios compare equal work.
+  sequences, the same for every model, so the time and memory ratios compare equal work.
 * `max_fit`: the paper's "largest batch that fits": for each model separately, the largest power
   of two (<= --max_batch) whose compiled memory fits under the memory limit. Ratios are then per
   sequence: speed-up = (full ms / full batch) / (Linformer ms / Linformer batch), and likewise
@@ -45,7 +51,7 @@ What is measured, per model:
   (`jax.jit(f).lower(...).compile().memory_analysis()`), peak = argument bytes (parameters and
   inputs) + output bytes + temp bytes (the intermediates) - aliased bytes (none: the forward
   donates nothing), `linformer.measure.compiled_memory`. Works on every backend, and is known
-  before running. Memory saved = full peak / Linformer peak (per sequence).
+  before running. Memory saved = full peak / Linformer (or LSH) peak (per sequence).
 * device peak (GPUs): `device.memory_stats()['peak_bytes_in_use']` after the calls. The counter
   cannot be reset, so it is recorded only with --isolate (each model in its own subprocess, the
   GPU preset's default); the table then has a second memory-saved table from it.
@@ -59,10 +65,11 @@ A ratio cell whose Transformer did not run reads e.g. "full OOM (paper 20)".
 
 Outputs, in --out_dir (default benchmarks/results): table3_<platform>.md (the settings, both
 ratio tables in the paper's layout, rows n and columns k, each measured value beside the paper's,
-and the raw times and memory), table3_<platform>.csv (one row per model measurement, ratios and
+LSH attention's ratios to the Transformer, rows n and columns rounds, and the raw times and
+memory), table3_<platform>.csv (one row per model measurement, ratios and
 paper values on the Linformer rows; rewritten after every model, so --resume can continue a run
 that was stopped), and table3_<platform>.png (speed-up and memory saved against n, one line per k,
-the paper dashed).
+the paper dashed, LSH dotted).
 
 --time_budget stops starting new models after that many seconds (they read "not run") and
 writes the outputs; --resume reuses the CSV's "ok" measurements made with the same settings, so
@@ -88,6 +95,7 @@ from tqdm import tqdm
 
 from linformer.analysis.table3 import (
   KEY_FIELDS,
+  RECORD_FIELDS,
   batch_for,
   best_implementation,
   finish,
@@ -122,6 +130,8 @@ PRESETS = {
     repeats=3,
     cell_time_limit=60.0,
     isolate=False,
+    lsh_rounds=[4, 8],
+    lsh_chunk=64,
   ),
   # The paper's whole table on an accelerator: 12 layers, every n and k, bfloat16 (cuDNN flash
   # attention needs 16-bit inputs; the paper's V100 ran fairseq in float16), one subprocess
@@ -136,6 +146,8 @@ PRESETS = {
     repeats=5,
     cell_time_limit=60.0,
     isolate=True,
+    lsh_rounds=[4, 8],
+    lsh_chunk=64,
   ),
 }
 
@@ -158,21 +170,23 @@ def run_sweep(args, meta: dict, on_update: Callable[[list[dict]], None] | None =
         done[tuple(r.get(key) for key in KEY_FIELDS)] = r
   records, flop_rate, start = [], None, time.monotonic()
   limit = meta.get("memory_limit")
-  total = sum(len(specs_for(n, args.ks, common)) for n in args.ns)
+  specs = lambda n: specs_for(n, args.ks, common, args.lsh_rounds, args.lsh_chunk)
+  total = sum(len(specs(n)) for n in args.ns)
   with tqdm(total=total, unit="model", disable=args.quiet) as bar:
     for n in args.ns:
       group = []
-      for spec in specs_for(n, args.ks, common):
+      for spec in specs(n):
         spec["batch"] = batch_for(args.batch_policy, n, args.tokens)
         key = tuple(dict(spec, **extra, impl_requested=spec["impl"]).get(f) for f in KEY_FIELDS)
-        bar.set_description(f"n={n} {spec['model']}" + (f" k={spec['k']}" if spec["k"] else ""))
+        bar.set_description(
+          f"n={n} {spec['model']}"
+          + (f" k={spec['k']}" if spec["k"] else "")
+          + (f" rounds={spec['rounds']}" if spec.get("rounds") else "")
+        )
         if key in done:
           group.append(done[key])
         elif args.time_budget and time.monotonic() - start > args.time_budget:
-          rec = {
-            f: spec.get(f)
-            for f in ("model", "n", "k", "layers", "memory_layers", "dtype", "vocab", "batch")
-          }
+          rec = {f: spec.get(f) for f in RECORD_FIELDS + ("memory_layers", "batch")}
           group.append(
             dict(
               rec,
@@ -222,6 +236,8 @@ def parse_args(argv=None):
   p.add_argument("--ns", type=ints, help="sequence lengths (rows)")
   p.add_argument("--max_n", type=int, help="drop ns above this")
   p.add_argument("--ks", type=ints, help="projected lengths (columns); only k < n is run")
+  p.add_argument("--lsh_rounds", type=ints, help="LSH attention's hash rounds (empty: no LSH)")
+  p.add_argument("--lsh_chunk", type=int, help="LSH attention's chunk length (at most n)")
   p.add_argument("--layers", type=int, help="encoder layers timed (the paper: 12)")
   p.add_argument(
     "--memory_layers",
@@ -309,6 +325,8 @@ def main(argv=None) -> int:
     memory_limit=limit,
     ns=args.ns,
     ks=args.ks,
+    lsh_rounds=args.lsh_rounds,
+    lsh_chunk=args.lsh_chunk,
   )
   print(settings_text(meta), flush=True)
 

@@ -309,6 +309,51 @@ def test_table_layout_with_paper_numbers_and_marks():
   assert "device peak_bytes_in_use" not in text.split("## Speed-up")[1]  # none measured
 
 
+def test_lsh_records_get_ratios_and_their_own_table():
+  """LSH attention's records: ratios against the Transformer at the same n (no paper values),
+  a table of n by rounds, rows in the raw table, a line in the settings."""
+  lsh = lambda n, rounds, **kw: dict(_rec("lsh", n, None, **kw), rounds=rounds, chunk=64)
+  records = t3r.add_ratios(
+    [
+      _rec("full", 512, None, ms=30.0, peak=3000),
+      _rec("linformer", 512, 128, ms=20.0, peak=1000),
+      lsh(512, 4, ms=60.0, peak=1500),
+      lsh(512, 8, status="OOM (compiled 9.00 GiB > 8.00 GiB)"),
+      _rec("full", 1024, None, status="OOM (compiled 9.00 GiB > 8.00 GiB)"),
+      lsh(1024, 4, ms=10.0, peak=10),
+    ]
+  )
+  by = {(r["n"], r.get("rounds")): r for r in records if r["model"] == "lsh"}
+  assert by[(512, 4)]["speedup"] == 0.5 and by[(512, 4)]["memory_saved"] == 2.0
+  assert by[(512, 4)]["paper_speedup"] is None and by[(1024, 4)]["speedup"] is None
+  assert t3r.lsh_table(records, "speedup", [512, 1024], [4, 8]).splitlines() == [
+    "| n \\ rounds | 4 | 8 |",
+    "|---|---|---|",
+    "| 512 | 0.50 | OOM |",
+    "| 1024 | full OOM | not run |",
+  ]
+  assert t3r.ratio_table(records, "speedup", {}, [512], [128]).splitlines()[-1] == "| 512 | 1.50 |"
+  raw = t3r.raw_table(records)
+  assert "| LSH | 512 | 4 rounds | 1 |" in raw and "| Linformer | 512 | 128 | 1 |" in raw
+  meta = dict(
+    platform="cpu", device="cpu", jax=jax.__version__, dtype="float32", layers=2,
+    memory_layers=2, vocab=1000, impl="xla", batch_policy="tokens", tokens=4096, max_batch=256,
+    repeats=3, cell_time_limit=60.0, isolate=False, memory_limit=None, ns=[512, 1024],
+    ks=[128], lsh_rounds=[4, 8], lsh_chunk=64,
+  )  # fmt: skip
+  text = t3r.markdown(records, meta)
+  assert "LSH (Reformer, not in the paper): 4, 8 hash rounds, chunks of 64" in text
+  assert "### Speed-up (Transformer time / LSH time)" in text and "| 512 | 0.50 | OOM |" in text
+  specs = t3.specs_for(64, [16, 64], dict(TINY), lsh_rounds=[4], lsh_chunk=128)
+  assert [(s["model"], s["k"], s.get("rounds"), s.get("chunk"), s["impl"]) for s in specs] == [
+    ("full", None, None, None, "xla"),
+    ("linformer", 16, None, None, "xla"),
+    ("lsh", None, 4, 64, None),  # chunks of at most n; its own einsums
+  ]
+  cfg = t3.encoder_config("lsh", 64, None, layers=1, impl="xla", rounds=4, chunk=64)
+  assert (cfg.lsh_rounds, cfg.lsh_chunk_len, cfg.attention_impl) == (4, 64, None)
+
+
 def test_oom_and_time_marking_on_a_real_cell(monkeypatch):
   spec = dict(TINY, model="full", k=None)
   real_compile = t3.compile_cell
@@ -361,6 +406,8 @@ def test_table3_script_smoke_isolated_then_resumed(tmp_path):
     "64",
     "--repeats",
     "1",
+    "--lsh_rounds",
+    "2",
     "--out_dir",
     str(tmp_path),
     "--name",
@@ -370,10 +417,12 @@ def test_table3_script_smoke_isolated_then_resumed(tmp_path):
   _run_script("table3", *flags, "--ks", "16,64", "--isolate")
   with (tmp_path / "t3.csv").open() as f:
     rows = list(csv.DictReader(f))
-  assert [(r["model"], r["k"], r["status"]) for r in rows] == [
-    ("full", "", "ok"),
-    ("linformer", "16", "ok"),
+  assert [(r["model"], r["k"], r["rounds"], r["status"]) for r in rows] == [
+    ("full", "", "", "ok"),
+    ("linformer", "16", "", "ok"),
+    ("lsh", "", "2", "ok"),
   ]  # k=64 is not < n: not run
+  assert rows[2]["chunk"] == "64" and float(rows[2]["speedup"]) > 0 and rows[2]["impl"] == ""
   lin = rows[1]
   assert float(lin["ms"]) > 0 and float(lin["speedup"]) > 0 and float(lin["memory_saved"]) > 0
   assert lin["impl"] == "xla" and lin["batch"] == "1" and lin["layers"] == "1"
@@ -388,7 +437,7 @@ def test_table3_script_smoke_isolated_then_resumed(tmp_path):
     _load_script("table3").main(flags + ["--ks", "16", "--resume", "--cell_time_limit", "0"]) == 0
   )
   with (tmp_path / "t3.csv").open() as f:
-    assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok"]
+    assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok", "ok"]
 
 
 @pytest.mark.slow

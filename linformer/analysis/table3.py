@@ -3,8 +3,8 @@
 The CLI, its presets and the method (what runs, what is measured) are in `benchmarks/table3.py`;
 timing, compiled memory and OOM detection come from `linformer.measure`; the paper's values, the
 ratios, the tables, the plot and reading a CSV back are `linformer.analysis.table3_report`. A record
-is one model (Transformer or Linformer at one n, k): its settings, `status`, time and compiled
-memory.
+is one model (Transformer, Linformer at one n, k, or LSH attention at one n, number of rounds and
+chunk length): its settings, `status`, time and compiled memory.
 """
 
 from __future__ import annotations
@@ -58,8 +58,15 @@ def encoder_config(
   sharing: str = "layerwise",
   projection: str = "learned",
   impl: str | None = None,
+  rounds: int | None = None,
+  chunk: int | None = None,
 ) -> ModelConfig:
-  """RoBERTa-base widths, dropout off; k is ignored for full attention."""
+  """RoBERTa-base widths, dropout off; k is ignored for full and LSH attention, rounds and chunk
+  (LSH's hash rounds and chunk length, at most n; the paper's 2 n / chunk buckets) for the
+  others. LSH attention runs its own einsums: `impl` does not apply to it."""
+  lsh = {}
+  if attention == "lsh":
+    lsh = dict(lsh_rounds=rounds or 4, lsh_chunk_len=min(chunk or 64, n))
   return ModelConfig(
     vocab_size=vocab,
     max_len=n,
@@ -71,7 +78,8 @@ def encoder_config(
     dropout_rate=0.0,
     attention_dropout_rate=0.0,
     dtype=dtype,
-    attention_impl=impl,
+    attention_impl=None if attention == "lsh" else impl,
+    **lsh,
   )
 
 
@@ -100,6 +108,8 @@ def _compile_model(
     dtype=spec["dtype"],
     vocab=spec["vocab"],
     impl=impl,
+    rounds=spec.get("rounds"),
+    chunk=spec.get("chunk"),
   )
   model, inputs = build_encoder(cfg, batch, abstract)
   compiled, state = compile_forward(model, inputs)
@@ -108,12 +118,13 @@ def _compile_model(
 
 def compile_cell(spec: dict, batch: int) -> dict:
   """Compiles one model at one batch with the requested implementation, falling back to XLA when
-  cuDNN attention does not compile: {compiled, state, inputs, impl, note}."""
+  cuDNN attention does not compile: {compiled, state, inputs, impl, note}. LSH attention (and
+  impl None) is the project's einsums: no fallback."""
   impl, note = spec["impl"], ""
   try:
     compiled, state, inputs = _compile_model(spec, batch, impl)
   except Exception as e:  # noqa: BLE001
-    if impl == "xla" or is_oom(e):
+    if impl in (None, "xla") or spec["model"] == "lsh" or is_oom(e):
       raise
     note = f"{impl} failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); xla used"
     impl = "xla"
@@ -136,10 +147,11 @@ def fit_batch(spec: dict, limit: int | None, max_batch: int) -> tuple[int | None
 def prepare(
   spec: dict, limit: int | None, time_limit: float | None, flop_rate: float | None
 ) -> dict:
-  """Compiles one model (spec: model, n, k, layers, dtype, vocab, impl, batch or max_batch),
-  checks its memory and predicted time, runs its warm-up call; returns its record, with a
-  timed `call` when it is to be timed."""
+  """Compiles one model (spec: model, n, k, layers, dtype, vocab, impl, batch or max_batch; LSH:
+  rounds, chunk), checks its memory and predicted time, runs its warm-up call; returns its
+  record, with a timed `call` when it is to be timed."""
   rec = {key: spec[key] for key in ("model", "n", "k", "layers", "dtype", "vocab")}
+  rec.update(rounds=spec.get("rounds"), chunk=spec.get("chunk"))
   rec.update(
     memory_layers=spec.get("memory_layers") or spec["layers"],
     impl_requested=spec["impl"],
@@ -230,7 +242,7 @@ def measure_isolated(spec: dict, limit, time_limit, flop_rate, repeats, timeout)
       cwd=root,
     )
   except subprocess.TimeoutExpired:
-    rec = {key: spec.get(key) for key in ("model", "n", "k", "layers", "dtype", "vocab")}
+    rec = {key: spec.get(key) for key in RECORD_FIELDS}
     rec.update(
       impl_requested=spec["impl"],
       batch=spec.get("batch"),
@@ -239,7 +251,7 @@ def measure_isolated(spec: dict, limit, time_limit, flop_rate, repeats, timeout)
     return rec
   lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
   if proc.returncode or not lines:
-    rec = {key: spec.get(key) for key in ("model", "n", "k", "layers", "dtype", "vocab")}
+    rec = {key: spec.get(key) for key in RECORD_FIELDS}
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
     rec.update(
       impl_requested=spec["impl"],
@@ -262,10 +274,15 @@ def worker(payload: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # The sweep: which models are measured, and the fields that identify a measurement.
 
+# What a record copies from its spec when the model could not be measured in a subprocess.
+RECORD_FIELDS = ("model", "n", "k", "rounds", "chunk", "layers", "dtype", "vocab")
+
 KEY_FIELDS = (
   "model",
   "n",
   "k",
+  "rounds",
+  "chunk",
   "layers",
   "memory_layers",
   "dtype",
@@ -276,10 +293,17 @@ KEY_FIELDS = (
 )
 
 
-def specs_for(n: int, ks: Iterable[int], common: dict) -> list[dict]:
-  """The Transformer at n, then the Linformer at every k < n (the paper's cells)."""
+def specs_for(
+  n: int, ks: Iterable[int], common: dict, lsh_rounds: Iterable[int] = (), lsh_chunk: int = 64
+) -> list[dict]:
+  """The Transformer at n, the Linformer at every k < n (the paper's cells), then LSH attention
+  (Reformer) with each number of rounds, chunks of lsh_chunk (its own einsums: impl None)."""
   out = [dict(common, model="full", n=n, k=None)]
   out += [dict(common, model="linformer", n=n, k=k) for k in ks if k < n]
+  out += [
+    dict(common, model="lsh", n=n, k=None, rounds=r, chunk=min(lsh_chunk, n), impl=None)
+    for r in lsh_rounds
+  ]
   return out
 
 

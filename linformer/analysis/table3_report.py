@@ -1,9 +1,10 @@
 """The paper's Table 3, reported: the paper's values, the ratios, the markdown tables and the plot.
 
-The records are those of `linformer.analysis.table3` (one per model: Transformer or Linformer at
-one n, k), measured or read back from a previous run's CSV (`load_csv`). `add_ratios` adds, on the
-Linformer records, the speed-up and memory saved against the Transformer at the same n beside the
-paper's; `markdown` and `plot` make the table3_<platform>.md and .png of `benchmarks/table3.py`.
+The records are those of `linformer.analysis.table3` (one per model: Transformer, Linformer at
+one n, k, or LSH attention at one n and number of rounds), measured or read back from a previous
+run's CSV (`load_csv`). `add_ratios` adds, on the Linformer and LSH records, the speed-up and memory
+saved against the Transformer at the same n, beside the paper's for Linformer; `markdown` and
+`plot` make the table3_<platform>.md and .png of `benchmarks/table3.py`.
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ PAPER_MEMORY = {(n, k): v for n, row in zip(PAPER_NS, _PAPER_MEMORY) for k, v in
 
 
 def add_ratios(records: list[dict]) -> list[dict]:
-  """Adds, on every Linformer record, the speed-up and memory saved against the Transformer at
-  the same n (per sequence), and the paper's values."""
+  """Adds, on every Linformer and LSH record, the speed-up and memory saved against the
+  Transformer at the same n (per sequence), and the paper's values (Linformer's cells only)."""
   full = {r["n"]: r for r in records if r["model"] == "full"}
   for r in records:
-    if r["model"] != "linformer":
+    if r["model"] not in ("linformer", "lsh"):
       continue
     f = full.get(r["n"], {})
     per_seq = lambda rec, key: (
@@ -69,8 +70,9 @@ def add_ratios(records: list[dict]) -> list[dict]:
     r["device_memory_saved"] = ratio(
       per_seq(f, "device_peak_bytes"), per_seq(r, "device_peak_bytes")
     )
-    r["paper_speedup"] = PAPER_SPEEDUP.get((r["n"], r["k"]))
-    r["paper_memory_saved"] = PAPER_MEMORY.get((r["n"], r["k"]))
+    linformer = r["model"] == "linformer"
+    r["paper_speedup"] = PAPER_SPEEDUP.get((r["n"], r["k"])) if linformer else None
+    r["paper_memory_saved"] = PAPER_MEMORY.get((r["n"], r["k"])) if linformer else None
   return records
 
 
@@ -116,20 +118,43 @@ def ratio_table(records: list[dict], key: str, paper: dict, ns, ks) -> str:
   return "\n".join(lines)
 
 
+def lsh_table(records: list[dict], key: str, ns, rounds) -> str:
+  """LSH attention's ratio `key` against the Transformer: rows n, columns the number of rounds."""
+  full = {r["n"]: r for r in records if r["model"] == "full"}
+  lsh = {(r["n"], r.get("rounds")): r for r in records if r["model"] == "lsh"}
+  lines = [
+    "| n \\ rounds | " + " | ".join(str(r) for r in rounds) + " |",
+    "|---|" + "---|" * len(rounds),
+  ]
+  for n in ns:
+    cells = []
+    for count in rounds:
+      r = lsh.get((n, count))
+      cells.append(ratio_cell(r and r.get(key), None, full.get(n), r))
+    lines.append(f"| {n} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+MODEL_NAMES = {"full": "Transformer", "linformer": "Linformer", "lsh": "LSH"}
+
+
 def raw_table(records: list[dict]) -> str:
   lines = [
-    "| model | n | k | batch | impl | ms / batch | ms / sequence | compiled peak MiB "
+    "| model | n | k / rounds | batch | impl | ms / batch | ms / sequence | compiled peak MiB "
     "| temp MiB | device peak MiB | status |",
     "|---|" + "---:|" * 9 + "---|",
   ]
   mib = lambda b: fmt(b and b / MIB, ".0f")
-  for r in sorted(records, key=lambda r: (r["n"], r["model"] != "full", r["k"] or 0)):
+  order = list(MODEL_NAMES)
+  for r in sorted(
+    records, key=lambda r: (r["n"], order.index(r["model"]), r["k"] or r.get("rounds") or 0)
+  ):
     lines.append(
       " | ".join(
         [
-          f"| {'Transformer' if r['model'] == 'full' else 'Linformer'}",
+          f"| {MODEL_NAMES[r['model']]}",
           str(r["n"]),
-          str(r["k"] or "—"),
+          str(r["k"] or (r.get("rounds") and f"{r['rounds']} rounds") or "—"),
           str(r.get("batch") or "—"),
           str(r.get("impl") or "—"),
           fmt(r.get("ms"), ".1f"),
@@ -170,7 +195,14 @@ def settings_text(meta: dict) -> str:
       f"{meta['vocab']} (so the embeddings do not dominate), no task head; forward only, "
       "dropout off, random ids, no padding.",
       "- Linformer: layerwise sharing (one learned n x k matrix for all layers, heads, keys and "
-      "values), as in the paper's Table 3. Transformer: full attention.",
+      "values), as in the paper's Table 3. Transformer: full attention."
+      + (
+        f" LSH (Reformer, not in the paper): {', '.join(map(str, meta['lsh_rounds']))} hash "
+        f"rounds, chunks of {meta.get('lsh_chunk')} (at most n), 2 n / chunk buckets, the "
+        "project's own einsums."
+        if meta.get("lsh_rounds")
+        else ""
+      ),
       f"- Attention: jax.nn.dot_product_attention, implementation {meta['impl']!r} requested"
       + (f" ({meta['fallbacks']})" if meta.get("fallbacks") else "")
       + ".",
@@ -224,6 +256,22 @@ def markdown(records: list[dict], meta: dict) -> str:
       "",
       ratio_table(records, "device_memory_saved", PAPER_MEMORY, ns, ks),
     ]
+  rounds = sorted({r["rounds"] for r in records if r["model"] == "lsh" and r.get("rounds")})
+  if rounds:
+    parts += ["", "## LSH attention (Reformer) against the Transformer, per sequence"]
+    for key, title in (
+      ("speedup", "Speed-up (Transformer time / LSH time)"),
+      ("memory_saved", "Memory saved (compiled peak)"),
+      ("temp_ratio", "Working memory saved (temp bytes)"),
+    ):
+      parts += ["", f"### {title}", "", lsh_table(records, key, ns, rounds)]
+    if any(r.get("device_memory_saved") for r in records if r["model"] == "lsh"):
+      parts += [
+        "",
+        "### Memory saved (device peak_bytes_in_use)",
+        "",
+        lsh_table(records, "device_memory_saved", ns, rounds),
+      ]
   parts += ["", "## Raw measurements", "", raw_table(records), ""]
   return "\n".join(parts)
 
@@ -236,14 +284,17 @@ def plot(records: list[dict], path: Path, title: str) -> None:
   import matplotlib.ticker
 
   lin = [r for r in records if r["model"] == "linformer"]
+  lsh = [r for r in records if r["model"] == "lsh"]
+  rounds = sorted({r["rounds"] for r in lsh if r.get("rounds")})
   ks = sorted({r["k"] for r in lin})
   colors = dict(
     zip(ks, plt.get_cmap("viridis")([i / max(1, len(ks) - 1) * 0.9 for i in range(len(ks))]))
   )
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+  other = "Linformer or LSH" if lsh else "Linformer"
   panels = (
-    ("speedup", PAPER_SPEEDUP, "speed-up (Transformer time / Linformer time)"),
-    ("memory_saved", PAPER_MEMORY, "memory saved (Transformer / Linformer peak)"),
+    ("speedup", PAPER_SPEEDUP, f"speed-up (Transformer time / {other} time)"),
+    ("memory_saved", PAPER_MEMORY, f"memory saved (Transformer / {other} peak)"),
   )
   for ax, (key, paper, ylabel) in zip(axes, panels):
     for k in ks:
@@ -254,16 +305,26 @@ def plot(records: list[dict], path: Path, title: str) -> None:
       ppts = [(n, paper[(n, k)]) for n in sorted({r["n"] for r in lin}) if (n, k) in paper]
       if ppts:
         ax.plot(*zip(*ppts), "s--", color=colors[k], alpha=0.6, markersize=4, label=f"k={k} paper")
+    for i, count in enumerate(rounds):
+      rows = sorted((r for r in lsh if r.get("rounds") == count), key=lambda r: r["n"])
+      pts = [(r["n"], r[key]) for r in rows if r.get(key)]
+      if pts:
+        shade = plt.get_cmap("Reds")(0.5 + 0.4 * i / max(1, len(rounds) - 1))
+        ax.plot(*zip(*pts), "^:", color=shade, label=f"LSH {count} rounds measured")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     low, high = ax.get_ylim()
     ax.set_yticks(
-      [t for t in (0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100) if low <= t <= high]
+      [
+        t
+        for t in (0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100)
+        if low <= t <= high
+      ]
     )
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ns = sorted({r["n"] for r in lin})
+    ns = sorted({r["n"] for r in lin + lsh})
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.set_xlabel("sequence length n")
     ax.set_ylabel(ylabel)
