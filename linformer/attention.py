@@ -1,4 +1,4 @@
-"""Linformer and full multi-head self-attention, with exact padding.
+"""Linformer, full and LSH (Reformer) multi-head self-attention, with exact padding.
 
 Linformer (Wang et al. 2020, eq. 7) projects the per-head keys and values along the sequence
 axis, n -> k, with matrices E and F, so attention costs O(nk):
@@ -37,6 +37,13 @@ per generated token with the cache of `SelfAttention.step`. Every sharing mode a
 is causal this way (pooling windows of n / k = c / r tokens never cross a segment boundary); only
 `attention_impl='cudnn'` is refused (the segment mask is not a length or triangular mask).
 Padding stays exact: it is at the end, and causality already hides later positions.
+
+LSH attention (`cfg.attention='lsh'`; Reformer, Kitaev et al. 2020, section 2): queries and keys
+share one projection (keys are the unit-length queries), tokens are hashed by random rotations
+into buckets in each of `lsh_rounds` rounds, sorted by bucket, and attend within chunks of
+`lsh_chunk_len` (and the chunk before) to the keys of their own bucket: O(rounds n c) instead of
+O(n^2). See `lsh_attend` for what is computed, including why padding stays exact for any
+lengths, and `lsh_rotations` for where the randomness comes from. Bidirectional only.
 """
 
 from __future__ import annotations
