@@ -48,7 +48,7 @@ def _padded(ids, n_total, rng):
 @pytest.mark.parametrize("length", [37, 32])
 def test_padding_is_exact(length):
   """Any padding, to a whole chunk or not (37 is not a multiple of lsh_chunk_len=8, 32 is): the
-  padding is hashed into the extra last bucket, so the real tokens are sorted, chunked and
+  padding sorts into an extra bucket after the real tokens, so they are sorted, chunked and
   attended as without it. Two layers, so the first layer's padded outputs are inputs too."""
   enc = Encoder(ModelConfig(**SMALL), rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
