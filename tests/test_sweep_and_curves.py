@@ -100,10 +100,13 @@ def test_curves_plot_and_table(tmp_path):
     {"attention": "linformer", "max_len": 512, "k": 64, "sharing": "kv"},
     (60.0, 25.0),
   )
-  data = curves.curves([str(tmp_path / "a"), str(tmp_path / "b")])
+  lsh = {"attention": "lsh", "max_len": 512, "k": 128, "sharing": "none", "lsh_rounds": 8}
+  _fake_run(tmp_path / "c", {**lsh, "lsh_buckets": None, "lsh_chunk_len": 64}, (70.0, 30.0))
+  data = curves.curves([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")])
   assert data == {
     "Transformer, n=512": ([100, 200], [50.0, 20.0]),
     "Linformer n=512, k=64, kv": ([100, 200], [60.0, 25.0]),
+    "LSH (Reformer) n=512, 8 rounds, chunk 64, 16 buckets": ([100, 200], [70.0, 30.0]),
   }
   curves.plot(data, str(tmp_path / "fig.png"), "perplexity")
   assert os.path.getsize(tmp_path / "fig.png") > 1000

@@ -32,6 +32,12 @@ def label_of(workdir: str) -> str:
   causal = m.get("causal", False)
   if m["attention"] == "full":
     return f"{'causal ' if causal else ''}Transformer, n={m['max_len']}"
+  if m["attention"] == "lsh":
+    buckets = m.get("lsh_buckets") or 2 * m["max_len"] // m.get("lsh_chunk_len", 64)
+    return (
+      f"LSH (Reformer) n={m['max_len']}, {m.get('lsh_rounds', 4)} rounds, "
+      f"chunk {m.get('lsh_chunk_len', 64)}, {buckets} buckets"
+    )
   recipe = ""
   if config.get("transfer_steps"):
     recipe = f", transfer {config['transfer_steps']}"
