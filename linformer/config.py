@@ -100,7 +100,7 @@ class ModelConfig:
   # flash attention on NVIDIA GPUs, float16/bfloat16 only; full attention with cuDNN needs
   # attention_dropout_rate=0, as cuDNN's API here has no dropout).
   attention_impl: str | None = None
-  # LSH attention (attention='lsh'; Reformer, Kitaev et al. 2020; attention.lsh_attend): one
+  # LSH attention (attention='lsh'; Reformer, Kitaev et al. 2020; lsh.lsh_attend): one
   # projection gives queries and keys (keys are the unit-length queries), hashed lsh_rounds times
   # into lsh_buckets buckets by random rotations; tokens are sorted by bucket and cut into chunks
   # of lsh_chunk_len, and a query attends to the keys of its own bucket in its chunk and the one

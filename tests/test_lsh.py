@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from configs import finetune, pretrain
-from linformer.attention import LSH_SELF_SCORE, SelfAttention, lsh_attend, lsh_hash, lsh_rotations
+from linformer.attention import SelfAttention
+from linformer.lsh import LSH_SELF_SCORE, lsh_attend, lsh_hash, lsh_rotations
 from linformer.config import ConfigError, ModelConfig
 from linformer.convert import export, hf_import
 from linformer.convert.hf_import import load_into
