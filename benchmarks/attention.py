@@ -36,7 +36,13 @@ much of that survives in a whole model.
 A cell that does not fit is marked, not dropped: "OOM" when the compiled peak exceeds the device's
 memory (on CPU, the machine's available RAM; checked before running), "error" when compilation or
 the run fails. Tables are printed as markdown and written to
-benchmarks/results/attention_<platform>.csv.
+benchmarks/results/attention_<platform>.csv, with a plot of time and temp memory against n
+(attention_<platform>.png) and, for every model, the crossover: the n from which it beats full
+attention in time and in memory (a model that fits where full attention does not counts as
+beating it).
+
+    python benchmarks/attention.py --layer_n 512,1024,2048,4096,8192,16384 \
+        --encoder_n 512,1024,2048,4096,8192,16384 --repeats 3   # the long-n sweep (REPRODUCING)
 """
 
 from __future__ import annotations
@@ -240,6 +246,90 @@ def markdown(rows: list[dict], component: str) -> str:
   return "\n".join(lines)
 
 
+def wins(row: dict, what: str) -> bool | None:
+  """Does the model beat full attention in `what` ("speedup" or "temp_ratio") at this row?
+  None when neither side was measured; a model that ran where full attention did not wins."""
+  if row[what] is not None:
+    return row[what] > 1.0
+  if row["model_status"] == "ok" and row["full_status"] != "ok":
+    return True
+  if row["full_status"] == "ok" and row["model_status"] != "ok":
+    return False
+  return None
+
+
+def crossover(rows: list[dict]) -> list[dict]:
+  """Per component and model: the smallest measured n from which it beats full attention at every
+  larger measured n too, in time and in temp memory (None: not within the sweep)."""
+  key_of = lambda r: (r["component"], label(r["model"], r["k"] or r["rounds"]))
+  out = []
+  for key in dict.fromkeys(map(key_of, rows)):
+    mine = sorted((r for r in rows if key_of(r) == key), key=lambda r: r["n"])
+    found = dict(component=key[0], model=key[1], max_n=mine[-1]["n"])
+    for what, name in (("speedup", "time_n"), ("temp_ratio", "memory_n")):
+      verdicts = [(r["n"], wins(r, what)) for r in mine]
+      verdicts = [(n, w) for n, w in verdicts if w is not None]
+      found[name] = None
+      for i, (n, _) in enumerate(verdicts):
+        if all(later for _, later in verdicts[i:]):
+          found[name] = n
+          break
+    out.append(found)
+  return out
+
+
+def crossover_text(rows: list[dict]) -> str:
+  lines = [
+    "| component | model | beats full attention in time from n = | in memory (temp) from n = |",
+    "|---|---|---:|---:|",
+  ]
+  show = lambda n, top: str(n) if n is not None else f"not up to {top}"
+  for c in crossover(rows):
+    lines.append(
+      f"| {c['component']} | {c['model']} | {show(c['time_n'], c['max_n'])} "
+      f"| {show(c['memory_n'], c['max_n'])} |"
+    )
+  return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+  """Forward time and temp memory against n, log-log, one line per model, full attention dashed."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  components = [c for c in ("layer", "encoder") if any(r["component"] == c for r in rows)]
+  fig, axes = plt.subplots(2, len(components), figsize=(6 * len(components), 8), squeeze=False)
+  for col, component in enumerate(components):
+    mine = [r for r in rows if r["component"] == component]
+    full = {r["n"]: (r["full_ms"], r["full_temp_bytes"]) for r in mine}
+    series = {"full attention": sorted(full.items())}
+    for r in mine:
+      name = label(r["model"], r["k"] or r["rounds"])
+      series.setdefault(name, []).append((r["n"], (r["model_ms"], r["model_temp_bytes"])))
+    for row, (idx, ylabel) in enumerate(((0, "forward ms"), (1, "temp MiB"))):
+      ax = axes[row][col]
+      for name, points in series.items():
+        pts = [(n, v[idx]) for n, v in sorted(points) if v[idx] is not None]
+        if pts:
+          xs, ys = zip(*pts)
+          ys = ys if idx == 0 else [y / MIB for y in ys]
+          ax.plot(xs, ys, "--" if name == "full attention" else "-o", label=name, markersize=3)
+      ax.set(xscale="log", yscale="log", xlabel="n", ylabel=ylabel)
+      ax.set_xticks(sorted(full), [str(n) for n in sorted(full)])
+      ax.minorticks_off()
+      what = "one attention layer" if component == "layer" else "12-layer encoder"
+      ax.set_title(f"{what}: {ylabel}")
+      ax.grid(True, which="both", alpha=0.3)
+      ax.legend(fontsize=8)
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def check(rows: list[dict]) -> str:
   c = CHECK
   row = next(
@@ -285,7 +375,10 @@ def main(argv=None) -> int:
     args.out or Path(__file__).parent / "results" / f"attention_{jax.default_backend()}.csv"
   )
   write_csv(rows, path)
-  print(f"\nwrote {path}\n\n{check(rows)}")
+  print("\nCrossover (the first measured n from which the model stays ahead):\n")
+  print(crossover_text(rows))
+  png = plot(rows, path.with_suffix(".png"))
+  print(f"\nwrote {path} and {png}\n\n{check(rows)}")
   return 0
 
 

@@ -354,6 +354,49 @@ def test_lsh_records_get_ratios_and_their_own_table():
   assert (cfg.lsh_rounds, cfg.lsh_chunk_len, cfg.attention_impl) == (4, 64, None)
 
 
+def test_attention_benchmark_crossover_and_plot(tmp_path):
+  """The long-n answer of benchmarks/attention.py: the first n from which a model stays ahead of
+  full attention, in time and in memory; a model that fits where full attention does not wins
+  there; a win that does not last is no crossover; a plot file is written."""
+  att = _load_script("attention")
+
+  def row(n, model, variant, full_ms, model_ms, full_temp, model_temp, full_status="ok"):
+    return dict(
+      component="layer", n=n, model=model, k=variant if model == "linformer" else None,
+      rounds=variant if model == "lsh" else None, full_ms=full_ms, model_ms=model_ms,
+      speedup=att.ratio(full_ms, model_ms), full_temp_bytes=full_temp, model_temp_bytes=model_temp,
+      temp_ratio=att.ratio(full_temp, model_temp), full_status=full_status, model_status="ok",
+    )  # fmt: skip
+
+  oom = "OOM (compiled 30.00 GiB > 20.00 GiB)"
+  rows = [
+    row(512, "lsh", 4, 10.0, 20.0, 100, 300),
+    row(1024, "lsh", 4, 40.0, 35.0, 400, 600),  # faster here, then slower again: not yet
+    row(2048, "lsh", 4, 150.0, 160.0, 1600, 1200),
+    row(4096, "lsh", 4, 600.0, 300.0, 6400, 2400),
+    row(8192, "lsh", 4, None, 600.0, None, 4800, full_status=oom),
+    row(512, "linformer", 128, 10.0, 5.0, 100, 50),
+    row(1024, "linformer", 128, 40.0, 9.0, 400, 100),
+  ]
+  got = {c["model"]: c for c in att.crossover(rows)}
+  assert (got["lsh 4 rounds"]["time_n"], got["lsh 4 rounds"]["memory_n"]) == (4096, 2048)
+  assert (got["linformer k=128"]["time_n"], got["linformer k=128"]["memory_n"]) == (512, 512)
+  never = [row(512, "lsh", 8, 10.0, 40.0, 100, 600), row(1024, "lsh", 8, 40.0, 80.0, 400, 900)]
+  (c,) = att.crossover(never)
+  assert (c["time_n"], c["memory_n"], c["max_n"]) == (None, None, 1024)
+  fits = [
+    row(4096, "lsh", 2, 600.0, 900.0, 6400, 9000),
+    row(8192, "lsh", 2, None, 1800.0, None, 18000, full_status=oom),
+  ]
+  (c,) = att.crossover(fits)
+  assert (c["time_n"], c["memory_n"]) == (8192, 8192)  # only where full attention does not fit
+  text = att.crossover_text(rows + never)
+  assert "| layer | lsh 4 rounds | 4096 | 2048 |" in text
+  assert "| layer | lsh 8 rounds | not up to 1024 | not up to 1024 |" in text
+  png = att.plot(rows, tmp_path / "a.png")
+  assert png.stat().st_size > 10_000
+
+
 def test_oom_and_time_marking_on_a_real_cell(monkeypatch):
   spec = dict(TINY, model="full", k=None)
   real_compile = t3.compile_cell
