@@ -42,8 +42,9 @@ LSH attention (`cfg.attention='lsh'`; Reformer, Kitaev et al. 2020, section 2): 
 share one projection (keys are the unit-length queries), tokens are hashed by random rotations
 into buckets in each of `lsh_rounds` rounds, sorted by bucket, and attend within chunks of
 `lsh_chunk_len` (and the chunk before) to the keys of their own bucket: O(rounds n c) instead of
-O(n^2). See `linformer/lsh.py` (`lsh_attend`) for what is computed, including why padding stays exact for any
-lengths, and `lsh_rotations` for where the randomness comes from. Bidirectional only.
+O(n^2). See `linformer/lsh.py` (`lsh_attend`) for what is computed, including why padding stays
+exact for any lengths, and `lsh_rotations` for where the randomness comes from. Bidirectional
+only.
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ def test_dry_run_writes_every_stage_then_continues(tmp_path):
   assert again["stages"]["padding"] == padding
 
 
+@pytest.mark.slow
 def test_compare_impls_on_this_cpu():
   """The GPU's cuDNN comparison, with XLA's default implementation standing in for cuDNN."""
   cfg = ModelConfig(

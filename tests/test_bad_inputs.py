@@ -591,6 +591,7 @@ def run_process(argv, env=None):
   )
 
 
+@pytest.mark.slow
 def test_processes_exit_2_with_one_line(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   config = f"--config=tests/cli_config.py:pretrain,{data_dir}"
@@ -608,6 +609,7 @@ def test_processes_exit_2_with_one_line(data_dir, tmp_path):
     assert not os.path.exists(workdir)
 
 
+@pytest.mark.slow
 def test_traceback_on_request(data_dir, tmp_path):
   argv = [
     "train.py",

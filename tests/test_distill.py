@@ -130,6 +130,7 @@ def test_transfer_loss_falls_and_is_logged_per_layer(transferred):
   assert "attention_error/layer1" in evals[6] and np.isfinite(evals[8]["perplexity"])
 
 
+@pytest.mark.slow
 def test_transfer_fits_e_and_f_to_the_teacher(sharp_dir):
   """Adam on E/F alone, 20 steps on one batch: the attention error falls by a third (measured
   0.44 -> 0.26 at n=32, k=8; on fresh batches each step it falls more slowly, 0.44 -> 0.39 in

@@ -13,10 +13,10 @@ from flax import nnx
 
 from configs import finetune, pretrain
 from linformer.attention import SelfAttention
-from linformer.lsh import LSH_SELF_SCORE, lsh_attend, lsh_hash, lsh_rotations
 from linformer.config import ConfigError, ModelConfig
 from linformer.convert import export, hf_import
 from linformer.convert.hf_import import load_into
+from linformer.lsh import LSH_SELF_SCORE, lsh_attend, lsh_hash, lsh_rotations
 from linformer.model import Encoder, MaskedLM
 from linformer.training import validation, warm_start
 from linformer.training.loop import train_and_evaluate
@@ -46,7 +46,7 @@ def _padded(ids, n_total, rng):
   return np.concatenate([ids, pad], 1).astype(np.int32), np.repeat(mask, b, 0).astype(np.int32)
 
 
-@pytest.mark.parametrize("length", [37, 32])
+@pytest.mark.parametrize("length", [pytest.param(37, marks=pytest.mark.slow), 32])
 def test_padding_is_exact(length):
   """Any padding, to a whole chunk or not (37 is not a multiple of lsh_chunk_len=8, 32 is): the
   padding sorts into an extra bucket after the real tokens, so they are sorted, chunked and
@@ -83,6 +83,7 @@ def _unit(q):
   return q / jnp.linalg.norm(q, axis=-1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_one_bucket_and_one_chunk_is_shared_qk_full_attention():
   """Every token in one bucket and one chunk covering the sequence: LSH attention is full
   attention with keys = unit queries, itself masked, padding masked; any number of identical

@@ -34,6 +34,7 @@ def test_mlm_logits_only_at_asked_positions():
   np.testing.assert_allclose(logits, jnp.take_along_axis(full, positions[..., None], 1), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_padded_vocabulary_rows_are_zero_and_never_scored():
   """97 ids in a table of 128 rows (vocab_multiple): the real rows are those an unpadded table
   draws, the padding rows are zero, no logit scores them and no gradient reaches them (so AdamW,
@@ -253,6 +254,7 @@ def test_bf16_mlm_loss_is_within_its_bound_of_float32():
   assert abs(loss(lb) - loss(lf)) <= 2 * logit_change
 
 
+@pytest.mark.slow
 def test_causal_lm_loss_in_chunks_equals_the_whole_logits():
   """Chunks of 8 positions over n = 37 (the last chunk padded with zero weights) give the loss
   and gradients of scoring every position at once, to float32 summation order."""

@@ -39,12 +39,15 @@ def batch():
   return ids, mask, jnp.tile(jnp.arange(0, 16, 4)[None], (2, 1))
 
 
+SLOW = pytest.mark.slow  # one case stays in the quick subset
 CASES = [
-  dict(sharing="headwise"),
+  pytest.param(dict(sharing="headwise"), marks=SLOW),
   dict(sharing="kv", pre_ln=True),
-  dict(sharing="none", projection="random", remat=True),
-  dict(sharing="none", projection="conv", remat=True, remat_policy="save_dots"),
-  dict(attention="full", remat=True, remat_policy="save_qkv_proj"),
+  pytest.param(dict(sharing="none", projection="random", remat=True), marks=SLOW),
+  pytest.param(
+    dict(sharing="none", projection="conv", remat=True, remat_policy="save_dots"), marks=SLOW
+  ),
+  pytest.param(dict(attention="full", remat=True, remat_policy="save_qkv_proj"), marks=SLOW),
 ]
 
 

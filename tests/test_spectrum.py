@@ -116,6 +116,7 @@ def minilm_dir():
   return os.path.join(spec.submodule_search_locations[0], "model")
 
 
+@pytest.mark.slow
 def test_cli_run_on_minilm(data_dir, tmp_path, capsys):
   out = tmp_path / "spectrum"
   result = spectrum.run(

@@ -75,6 +75,7 @@ def test_loss_falls_and_outputs_are_written(reference):
   assert checkpointing.load_config(workdir).model.dtype == "float32"
 
 
+@pytest.mark.slow
 def test_sharded_equals_unsharded(data_dir, pydocs_tokenizer, tmp_path):
   assert jax.device_count() == 8
   given = {"data.tokenizer": pydocs_tokenizer}
@@ -159,6 +160,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(data_dir, pydocs_tokeni
   assert manager.all_steps() == [1]
 
 
+@pytest.mark.slow
 def test_divergence_before_any_checkpoint_says_so(data_dir, pydocs_tokenizer, tmp_path):
   """Found at step 2 although metrics are fetched at step 12 only: the device kept the state of
   step 1 (a non-finite step changes nothing), and nothing was ever saved."""
