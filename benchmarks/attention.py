@@ -159,6 +159,10 @@ def label(attention: str, variant: int | None) -> str:
   return f"linformer k={variant}" if attention == "linformer" else f"lsh {variant} rounds"
 
 
+def row_label(row: dict) -> str:
+  return label(row["model"], row["k"] or row["rounds"])
+
+
 def run_sweep(args) -> list[dict]:
   cells = []
   for component, ns in (("layer", args.layer_n), ("encoder", args.encoder_n)):
@@ -230,7 +234,7 @@ def markdown(rows: list[dict], component: str) -> str:
       " | ".join(
         [
           f"| {r['n']}",
-          label(r["model"], r["k"] or r["rounds"]),
+          row_label(r),
           full_ms,
           model_ms,
           fmt(r["speedup"], ".2f", suffix="x"),
@@ -261,7 +265,7 @@ def wins(row: dict, what: str) -> bool | None:
 def crossover(rows: list[dict]) -> list[dict]:
   """Per component and model: the smallest measured n from which it beats full attention at every
   larger measured n too, in time and in temp memory (None: not within the sweep)."""
-  key_of = lambda r: (r["component"], label(r["model"], r["k"] or r["rounds"]))
+  key_of = lambda r: (r["component"], row_label(r))
   out = []
   for key in dict.fromkeys(map(key_of, rows)):
     mine = sorted((r for r in rows if key_of(r) == key), key=lambda r: r["n"])
@@ -306,8 +310,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     full = {r["n"]: (r["full_ms"], r["full_temp_bytes"]) for r in mine}
     series = {"full attention": sorted(full.items())}
     for r in mine:
-      name = label(r["model"], r["k"] or r["rounds"])
-      series.setdefault(name, []).append((r["n"], (r["model_ms"], r["model_temp_bytes"])))
+      series.setdefault(row_label(r), []).append((r["n"], (r["model_ms"], r["model_temp_bytes"])))
     for row, (idx, ylabel) in enumerate(((0, "forward ms"), (1, "temp MiB"))):
       ax = axes[row][col]
       for name, points in series.items():

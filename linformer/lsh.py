@@ -65,7 +65,8 @@ def lsh_attend(qk, v, key_mask, buckets, chunk_len, dropout, deterministic, rngs
   chunks = n // c
   f32 = jnp.float32
   # Padding in an extra bucket, last; within a bucket by position (a stable sort).
-  buckets = jnp.where(key_mask[:, None, None, :], buckets, jnp.iinfo(jnp.int32).max)
+  padded = jnp.iinfo(jnp.int32).max
+  buckets = jnp.where(key_mask[:, None, None, :], buckets, padded)
   order = jnp.argsort(buckets, axis=-1, stable=True)  # (b, h, rounds, n): positions, sorted
   undo = jnp.argsort(order, axis=-1)
 
@@ -86,7 +87,7 @@ def lsh_attend(qk, v, key_mask, buckets, chunk_len, dropout, deterministic, rngs
   sv = with_previous(by_chunk(heads_first(v)))
   positions = by_chunk(jnp.broadcast_to(jnp.arange(n), (b, h, n)))
   sb = jnp.take_along_axis(buckets, order, axis=-1).reshape(b, h, rounds, chunks, c)
-  real = by_chunk(jnp.broadcast_to(key_mask[:, None, :], (b, h, n)))
+  real = sb != padded  # the padding's bucket, set above: no second gather of the mask
 
   scale = 1.0 / jnp.sqrt(d).astype(f32)
   logits = jnp.einsum("bhrcqd,bhrckd->bhrcqk", sq, sk, preferred_element_type=f32) * scale
