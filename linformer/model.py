@@ -8,6 +8,8 @@ that `linformer.training.partitioning` maps onto a device mesh; computation runs
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -67,8 +69,13 @@ def _layer_norm(cfg, rngs):
   )
 
 
-def _gelu(cfg, x):
-  return jax.nn.gelu(x, approximate=cfg.gelu_approximate)
+def gelu(x, approximate: bool = False):
+  """BERT's GELU. Exact: x/2 (1 + erf(x/sqrt 2)), as torch and HF write it; on XLA:CPU erf is a
+  rational polynomial, where jax.nn.gelu's erfc adds an exp and selects per element (5 against
+  24 ms forward on 8M float32 values here). Within 1e-6 of jax.nn.gelu everywhere."""
+  if approximate:
+    return jax.nn.gelu(x, approximate=True)
+  return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2)))
 
 
 def _scoped(name: str, fn):
@@ -171,7 +178,8 @@ class EncoderLayer(nnx.Module):
       "dropout", lambda y: self.activation_dropout(y, deterministic=deterministic, rngs=rngs)
     )
     attn = _scoped("attention", attn)
-    mlp = _scoped("mlp", lambda y: self.mlp_out(act_drop(_gelu(self.cfg, self.mlp_in(y)))))
+    act = lambda y: gelu(y, self.cfg.gelu_approximate)
+    mlp = _scoped("mlp", lambda y: self.mlp_out(act_drop(act(self.mlp_in(y)))))
     attention_norm = _scoped("layer_norm", self.attention_norm)
     mlp_norm = _scoped("layer_norm", self.mlp_norm)
     if self.pre_ln:
@@ -372,7 +380,7 @@ class MaskedLM(nnx.Module):
       return self._logits(h)
 
   def _logits(self, h):
-    h = self.mlm_norm(_gelu(self.cfg, self.mlm_dense(h)))
+    h = self.mlm_norm(gelu(self.mlm_dense(h), self.cfg.gelu_approximate))
     dtype = jnp.dtype(self.cfg.dtype)
     table = self.encoder.embeddings.token.embedding[...].astype(dtype)
     logits = jnp.dot(h.astype(dtype), table.T, preferred_element_type=jnp.float32)

@@ -6,18 +6,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from linformer import model as model_lib
 from linformer.config import ConfigError, ModelConfig, resolve_dtype
-from linformer.model import Encoder, MaskedLM, SequenceClassifier
+from linformer.model import Encoder, MaskedLM, SequenceClassifier, gelu
 from linformer.tasks.clm import chunked_lm_sums
 from linformer.tasks.mlm import mlm_sums
 from tests.helpers import dot_count
 
 SMALL = dict(vocab_size=97, max_len=64, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64, k=16)
+
+
+def test_gelu_is_berts_exact_gelu():
+  """The erf form the model computes against float64 erf: within 2e-6 absolute over [-10, 10]
+  (float32 rounding of x, erf and the product; the erfc form of jax.nn.gelu is within 1e-6)."""
+  x = np.linspace(-10, 10, 20001, dtype=np.float32)
+  exact = 0.5 * x.astype(np.float64) * (1 + scipy.special.erf(x.astype(np.float64) / np.sqrt(2)))
+  np.testing.assert_allclose(gelu(jnp.asarray(x)), exact, rtol=0, atol=2e-6)
+  np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), rtol=0, atol=1e-6)
+  assert gelu(jnp.asarray(x, jnp.bfloat16)).dtype == jnp.bfloat16
+  np.testing.assert_array_equal(gelu(x, approximate=True), jax.nn.gelu(x, approximate=True))
 
 
 def test_mlm_logits_only_at_asked_positions():
@@ -29,7 +41,7 @@ def test_mlm_logits_only_at_asked_positions():
   assert logits.shape == (2, 3, 97) and logits.dtype == jnp.float32
   # Tied decoder: the same values as scoring every position and gathering.
   hidden = model.encoder(ids, mask)
-  h = model.mlm_norm(jax.nn.gelu(model.mlm_dense(hidden), approximate=False))
+  h = model.mlm_norm(gelu(model.mlm_dense(hidden)))
   full = (h @ model.encoder.embeddings.token.embedding[...].T + model.mlm_bias[...])[..., :97]
   np.testing.assert_allclose(logits, jnp.take_along_axis(full, positions[..., None], 1), atol=1e-5)
 
@@ -221,7 +233,7 @@ def _mlm_pair(vocab=5000):
 def test_float32_logits_are_the_tied_decoder_exactly():
   f32, _, (ids, mask, positions), _ = _mlm_pair()
   h = jnp.take_along_axis(f32.encoder(ids, mask), positions[..., None], 1)
-  h = f32.mlm_norm(jax.nn.gelu(f32.mlm_dense(h), approximate=False))
+  h = f32.mlm_norm(gelu(f32.mlm_dense(h)))
   expected = (f32.encoder.embeddings.token.attend(h) + f32.mlm_bias[...])[..., :5000]
   np.testing.assert_array_equal(f32(ids, mask, positions), expected)  # float32 runs unchanged
 
@@ -233,7 +245,7 @@ def test_bf16_logits_are_accumulated_and_returned_in_float32():
   _, b16, (ids, mask, positions), _ = _mlm_pair()
   h = jnp.take_along_axis(b16.encoder(ids, mask), positions[..., None], 1)
   logits = b16.logits(h)
-  hh = b16.mlm_norm(jax.nn.gelu(b16.mlm_dense(h), approximate=False)).astype(jnp.float32)
+  hh = b16.mlm_norm(gelu(b16.mlm_dense(h))).astype(jnp.float32)
   table = b16.encoder.embeddings.token.embedding[...].astype(jnp.bfloat16).astype(jnp.float32)
   expected = (jnp.dot(hh, table.T, precision="highest") + b16.mlm_bias[...])[..., :5000]
   assert logits.dtype == jnp.float32
