@@ -75,6 +75,18 @@ def worker() -> None:
 
   torch.manual_seed(0)
   model = opt = batch = None
+
+  def step() -> float:
+    ids, positions, targets = batch
+    x = model.token_emb(ids) + model.pos_emb(torch.arange(ids.shape[1]))
+    x = model.linformer(x)
+    x = torch.gather(x, 1, positions[:, :, None].expand(-1, -1, x.shape[-1]))
+    loss = F.cross_entropy(model.to_logits(x).reshape(-1, VOCAB), targets.reshape(-1))
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
   for line in sys.stdin:
     cmd = json.loads(line)
     if cmd["op"] == "build":
@@ -88,19 +100,31 @@ def worker() -> None:
       params = sum(p.numel() for p in model.parameters())
       answer = dict(params=params, threads=torch.get_num_threads(), torch=torch.__version__)
     elif cmd["op"] == "step":
-      ids, positions, targets = batch
       start = time.perf_counter()
-      x = model.token_emb(ids) + model.pos_emb(torch.arange(ids.shape[1]))
-      x = model.linformer(x)
-      x = torch.gather(x, 1, positions[:, :, None].expand(-1, -1, x.shape[-1]))
-      loss = F.cross_entropy(model.to_logits(x).reshape(-1, VOCAB), targets.reshape(-1))
-      loss.backward()
-      opt.step()
-      opt.zero_grad(set_to_none=True)
-      answer = dict(seconds=time.perf_counter() - start, loss=float(loss.detach()))
+      loss = step()
+      answer = dict(seconds=time.perf_counter() - start, loss=loss)
+    elif cmd["op"] == "profile":  # each operator's own time per step, from torch's profiler
+      steps = cmd["steps"]
+      start = time.perf_counter()
+      with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+          step()
+      seconds = (time.perf_counter() - start) / steps
+      ops = {e.key: e.self_cpu_time_total / 1e6 / steps for e in prof.key_averages()}
+      answer = dict(seconds=seconds, ops=ops)
     else:
       return
     print(json.dumps(answer), flush=True)
+
+
+# torch's matmul kernels; every other operator's own time is the rest of the step.
+TORCH_MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm")
+
+
+def split_torch_ops(ops: dict[str, float]) -> tuple[float, dict[str, float]]:
+  """(matmul seconds, {other operator: seconds}) of a torch profile's own times per operator."""
+  matmul = sum(s for name, s in ops.items() if name in TORCH_MATMULS)
+  return matmul, {name: s for name, s in ops.items() if name not in TORCH_MATMULS}
 
 
 class Peer:

@@ -22,14 +22,21 @@ the primitives (`_bernoulli` for dropout's random bits). Each event is put in th
 this list that it matches:
 
   dropout: random bits   its name stack is inside jax.random (threefry, `_bernoulli`)
-  <scope>: matmul        a dot or convolution, or a fusion of one (XLA:CPU's `ynn_fusion`)
+  <scope>: matmul        a dot or convolution, or a fusion holding one (XLA:CPU's `ynn_fusion`)
   <scope>: gather/scatter  embedding lookups and their gradient
   <scope>: other         elementwise work, reductions, copies and transposes
 
 with <scope> the innermost of the scopes above in its name stack ("other" outside all). The
 times are the events' own durations summed over the traced steps, per step. XLA:CPU runs
 independent operations on its threads at once, so the sum of operation times may exceed the step
-time; both are printed. Written to benchmarks/results/profile_step_<platform>.md.
+time; both are printed.
+
+The peer preset is then set beside lucidrains' linformer at the same shapes when it is installed
+(`--peer_path`, see peer_throughput.py): its step under `torch.profiler`, each aten operator's own
+time, split into torch's matmul kernels and the rest. The two profilers count differently (XLA's
+operations against torch's operators with their dispatch), so the table compares totals: matmul
+time, its rate in the project's model FLOPs, and everything else. Written to
+benchmarks/results/profile_step_<platform>.md.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import math
 import re
 import sys
 import tempfile
@@ -45,7 +53,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from peer_throughput import PROJECT_FLAGS
+from peer_throughput import PROJECT_FLAGS, Peer, peer_missing, split_torch_ops
 from train_throughput import SyntheticMLMTask, make_config
 from train_throughput import parse_args as throughput_args
 
@@ -91,6 +99,11 @@ def parse_args(argv=None):
     choices=["auto", "on", "off"],
     default="auto",
     help="config.model.scan_layers: auto is the default (None: scanned above 4 layers)",
+  )
+  p.add_argument(
+    "--peer_path",
+    default=str(Path(__file__).resolve().parents[1] / "runs" / "peer"),
+    help="lucidrains' linformer (peer_throughput.py): the peer preset is compared with it",
   )
   p.add_argument("--out", default=None, help="markdown; None: results/profile_step_<platform>.md")
   return p.parse_args(argv)
@@ -149,7 +162,7 @@ def classify(name: str, inst: dict | None) -> str:
       if m.start() > best:
         scope, best = s, m.start()
   ops = inst["ops"]
-  if name.startswith("ynn_fusion") or ops & set(MATMUL):
+  if ops & set(MATMUL):  # a YNNPACK fusion is a matmul only if it holds one (some are reductions)
     kind = "matmul"
   elif ops & set(GATHER):
     kind = "gather/scatter"
@@ -258,6 +271,47 @@ def table(r: dict, rate: float) -> list[str]:
   return lines
 
 
+def profile_peer(peer_path: str, n: int, batch: int, masked: int, steps: int) -> dict:
+  """The PyTorch peer's step at the same shapes under torch's profiler (its own process)."""
+  peer = Peer(peer_path)
+  try:
+    peer.ask(op="build", n=n, batch=batch, masked=masked)
+    for _ in range(2):
+      peer.ask(op="step")
+    return peer.ask(op="profile", steps=steps)
+  finally:
+    peer.close()
+
+
+def side_by_side(r: dict, peer: dict) -> list[str]:
+  """Where the project's step and the peer's differ: matmul time against everything else."""
+  ours_mm = sum(s for k, s in r["times"].items() if k.endswith(": matmul"))
+  ours_rest = r["ops_s"] - ours_mm
+  peer_mm, peer_rest = split_torch_ops(peer["ops"])
+  rest = sum(peer_rest.values())
+  gflops = lambda s: f"{r['flops'] / s / 1e9:.0f}"
+  ms = lambda s: f"{1e3 * s:.0f}"
+  top = sorted(peer_rest.items(), key=lambda kv: -kv[1])[:8]
+  return [
+    "Side by side with lucidrains' linformer (`peer_throughput.py`) at the same shapes, each "
+    "under its own profiler (the project's operation times from the XLA trace, the peer's "
+    "operators' own times from `torch.profiler`); the GFLOP/s are the project's model FLOPs "
+    "over each side's matmul time:",
+    "",
+    "| per step | project | peer |",
+    "|---|---|---|",
+    f"| step, traced (ms) | {ms(r['step_s'])} | {ms(peer['seconds'])} |",
+    f"| matmul time (ms) | {ms(ours_mm)} | {ms(peer_mm)} |",
+    f"| matmul GFLOP/s | {gflops(ours_mm)} | {gflops(peer_mm)} |",
+    f"| everything else (ms) | {ms(ours_rest)} | {ms(rest)} |",
+    "",
+    "The peer's largest other operators (ms per step): "
+    + ", ".join(f"{name} {1e3 * s:.0f}" for name, s in top)
+    + ".",
+    "",
+  ]
+
+
 def main(argv=None) -> int:
   from linformer.flops import matmul_rate
 
@@ -275,7 +329,15 @@ def main(argv=None) -> int:
     default = "1024" if preset == "peer" else "256,512"
     for n in [int(v) for v in (args.n or default).split(",")]:
       print(f"{preset}, n = {n}: compiling and tracing ...", flush=True)
-      lines += table(profile(preset, n, args.steps, args.scan_layers), rate)
+      r = profile(preset, n, args.steps, args.scan_layers)
+      lines += table(r, rate)
+      if preset == "peer" and (reason := peer_missing(args.peer_path)) is None:
+        print(f"peer, n = {n}: the PyTorch peer under torch.profiler ...", flush=True)
+        masked = math.ceil(0.15 * n)
+        peer = profile_peer(args.peer_path, n, r["batch"], masked, args.steps)
+        lines += side_by_side(r, peer)
+      elif preset == "peer":
+        lines += [f"(No side-by-side with the PyTorch peer: {reason}.)", ""]
   text = "\n".join(lines)
   platform = jax.devices()[0].platform
   write_report(text, args.out or Path(__file__).parent / "results" / f"profile_step_{platform}.md")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path:
@@ -41,6 +42,63 @@ def test_a_trace_is_split_by_scope_and_kind():
   insts = profile_step.instructions(compiled.as_text())
   classes = {profile_step.classify(name, inst) for name, inst in insts.items()}
   assert not any(c.startswith(("attention", "embeddings")) for c in classes)
+
+
+def test_a_library_fusion_is_a_matmul_only_when_it_holds_one():
+  """XLA:CPU puts reductions into YNNPACK fusions too (LayerNorm's statistics and gradient): those
+  are the scope's other work, and only fusions holding a dot count as matmuls."""
+
+  def f(x, w):
+    with jax.named_scope("layer_norm"):
+      y = x - x.mean(-1, keepdims=True)
+    with jax.named_scope("mlp"):
+      return (y @ w).sum()
+
+  args = (jnp.ones((256, 256)), jnp.ones((256, 256)))
+  insts = profile_step.instructions(jax.jit(jax.grad(f)).lower(*args).compile().as_text())
+  classes = {name: profile_step.classify(name, inst) for name, inst in insts.items()}
+  fusions = {name: c for name, c in classes.items() if name.startswith("ynn_fusion")}
+  reductions = [n for n in fusions if "reduce" in insts[n]["ops"] and "dot" not in insts[n]["ops"]]
+  assert reductions, "no reduction in a YNNPACK fusion: this test no longer tests anything"
+  assert {fusions[n] for n in reductions} == {"layer_norm: other"}
+  assert "mlp: matmul" in fusions.values()
+
+
+def test_torch_profile_splits_into_matmuls_and_the_rest():
+  """The peer's side of the side-by-side: torch's own operator names for its matmul kernels (a
+  Linear and a batched product, forward and backward) land in the matmul time, GELU elsewhere."""
+  torch = pytest.importorskip("torch")
+  peer_throughput = importlib.import_module("peer_throughput")
+  lin = torch.nn.Linear(64, 64)
+  x = torch.randn(4, 32, 64, requires_grad=True)
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    y = torch.nn.functional.gelu(lin(x))
+    (y @ y.transpose(1, 2)).sum().backward()
+  ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+  matmul, rest = peer_throughput.split_torch_ops(ops)
+  kernels = {k for k in ops if k in peer_throughput.TORCH_MATMULS}
+  assert {"aten::bmm"} <= kernels and kernels & {"aten::addmm", "aten::mm"}
+  assert matmul == pytest.approx(sum(ops[k] for k in kernels)) and matmul > 0
+  assert "aten::gelu" in rest and not kernels & set(rest)
+  assert matmul + sum(rest.values()) == pytest.approx(sum(ops.values()))
+
+
+def test_side_by_side_table_reads_both_profiles():
+  r = dict(
+    step_s=2.0,
+    ops_s=2.1,
+    flops=140e9,
+    times={"mlp: matmul": 1.0, "attention: matmul": 0.4, "mlp: other": 0.7},
+  )
+  peer = dict(seconds=1.9, ops={"aten::mm": 1.2, "aten::bmm": 0.2, "aten::gelu": 0.3, "x": 0.1})
+  lines = profile_step.side_by_side(r, peer)
+  cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines if ln.startswith("|")]
+  rows = {c[0]: c[1:] for c in cells}
+  assert rows["step, traced (ms)"] == ["2000", "1900"]
+  assert rows["matmul time (ms)"] == ["1400", "1400"]
+  assert rows["matmul GFLOP/s"] == ["100", "100"]
+  assert rows["everything else (ms)"] == ["700", "400"]
+  assert "aten::gelu 300, x 100." in lines[-2]
 
 
 def test_peer_benchmark_without_the_peer_says_how_to_install_it(tmp_path):
