@@ -174,7 +174,7 @@ def classify(name: str, inst: dict | None) -> str:
 # Tracing.
 
 
-def build(preset: str, n: int, scan: str = "auto"):
+def build(preset: str, n: int, scan: str = "auto", compiler_options: dict | None = None):
   args = throughput_args(PRESETS[preset].split())
   attention = "linformer"
   if preset == "minilm":
@@ -186,7 +186,8 @@ def build(preset: str, n: int, scan: str = "auto"):
   task.setup("", per_host_batch_size=config.batch_size)
   trainer = make_trainer(config, task, mesh)
   batches = [partitioning.global_batch(b, mesh) for b in task.batches]
-  compiled = trainer.train_step.lower(trainer.abstract_state(), batches[0]).compile()
+  lowered = trainer.train_step.lower(trainer.abstract_state(), batches[0])
+  compiled = lowered.compile(compiler_options=compiler_options or None)
   state = jax.jit(trainer.init_state, out_shardings=trainer.state_sharding)()
   cfg = task.model_config()
   m = task.batches[0]["mlm_positions"].shape[1]

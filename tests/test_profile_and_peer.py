@@ -101,6 +101,20 @@ def test_side_by_side_table_reads_both_profiles():
   assert "aten::gelu 300, x 100." in lines[-2]
 
 
+def test_xla_options_variants_parse_and_bad_ones_say_how():
+  xla_options = importlib.import_module("xla_options")
+  parsed = dict(xla_options.parse_variant(v) for v in xla_options.DEFAULT_VARIANTS)
+  assert parsed["default"] == {}
+  assert parsed["no_library_fusions"] == {"xla_cpu_experimental_ynn_fusion_type": ""}
+  assert xla_options.parse_variant("a=x:1;y:LIBRARY_FUSION_TYPE_DOT") == (
+    "a",
+    {"x": "1", "y": "LIBRARY_FUSION_TYPE_DOT"},
+  )
+  for bad in ("no_equals", "=x:1", "a=x"):
+    with pytest.raises(SystemExit, match="name=option:value"):
+      xla_options.parse_variant(bad)
+
+
 def test_peer_benchmark_without_the_peer_says_how_to_install_it(tmp_path):
   out = subprocess.run(
     [sys.executable, "benchmarks/peer_throughput.py", f"--peer_path={tmp_path}"],
