@@ -39,11 +39,13 @@ DEFAULT_VARIANTS = (
   f"no_library_fusions={YNN}:",
   "onednn=xla_cpu_use_onednn:true",
   "concurrency_scheduler=xla_cpu_enable_concurrency_optimized_scheduler:true",
+  "default_again=",  # the same program as the first: how far apart noise alone puts two rows
 )
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-  """'name=opt:value;opt:value' -> (name, {opt: value})."""
+  """'name=opt:value;opt:value' -> (name, {opt: value}); true / false become booleans (XLA takes
+  no 'true' string for a bool option)."""
   name, sep, rest = text.partition("=")
   if not sep or not name:
     raise SystemExit(f"xla_options.py: --variant {text!r}: write name=option:value;option:value")
@@ -55,7 +57,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
         f"xla_options.py: --variant {text!r}: {part!r} is not option:value "
         "(write name=option:value;option:value)"
       )
-    options[option] = value
+    options[option] = {"true": True, "false": False}.get(value.lower(), value)
   return name, options
 
 

@@ -106,6 +106,7 @@ def test_xla_options_variants_parse_and_bad_ones_say_how():
   parsed = dict(xla_options.parse_variant(v) for v in xla_options.DEFAULT_VARIANTS)
   assert parsed["default"] == {}
   assert parsed["no_library_fusions"] == {"xla_cpu_experimental_ynn_fusion_type": ""}
+  assert parsed["onednn"] == {"xla_cpu_use_onednn": True}
   assert xla_options.parse_variant("a=x:1;y:LIBRARY_FUSION_TYPE_DOT") == (
     "a",
     {"x": "1", "y": "LIBRARY_FUSION_TYPE_DOT"},
