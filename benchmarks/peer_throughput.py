@@ -41,10 +41,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS, HIDDEN, HEADS, MLP, VOCAB, K = 4, 256, 4, 1024, 8192, 128
+TOKENS_PER_STEP = 8192
 # The project's side, as train_throughput.py flags (profile_step.py's 'peer' preset too).
 PROJECT_FLAGS = (
   f"--size small --layers {LAYERS} --hidden {HIDDEN} --heads {HEADS} --mlp {MLP} "
-  f"--vocab {VOCAB} --k {K} --sharing headwise --dropout 0 --tokens_per_step 8192"
+  f"--vocab {VOCAB} --k {K} --sharing headwise --dropout 0 --tokens_per_step {TOKENS_PER_STEP}"
 )
 INSTALL = "pip install --no-deps --target=runs/peer linformer==0.2.3"
 
@@ -54,7 +55,7 @@ def parse_args(argv=None):
     description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
   )
   p.add_argument("--n", default="1024,4096", help="sequence lengths, comma separated")
-  p.add_argument("--tokens_per_step", type=int, default=8192, help="batch = tokens / n")
+  p.add_argument("--tokens_per_step", type=int, default=TOKENS_PER_STEP, help="batch = tokens / n")
   p.add_argument("--rounds", type=int, default=5, help="timed steps per side (median)")
   p.add_argument("--peer_path", default=str(ROOT / "runs" / "peer"), help="the peer's folder")
   p.add_argument(

@@ -33,10 +33,11 @@ time; both are printed.
 
 The peer preset is then set beside lucidrains' linformer at the same shapes when it is installed
 (`--peer_path`, see peer_throughput.py): its step under `torch.profiler`, each aten operator's own
-time, split into torch's matmul kernels and the rest. The two profilers count differently (XLA's
-operations against torch's operators with their dispatch), so the table compares totals: matmul
-time, its rate in the project's model FLOPs, and everything else. Written to
-benchmarks/results/profile_step_<platform>.md.
+time, split into torch's matmul kernels and the rest, in `--rounds` rounds interleaved with the
+project's traces (medians: the load of a shared machine moves both alike). The two profilers
+count differently (XLA's operations against torch's operators with their dispatch), so the table
+compares totals: matmul time, its rate in the project's model FLOPs, and everything else.
+Written to benchmarks/results/profile_step_<platform>.md.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import collections
 import glob
 import math
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -54,6 +56,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from peer_throughput import PROJECT_FLAGS, Peer, peer_missing, split_torch_ops
+from peer_throughput import TOKENS_PER_STEP as PEER_TOKENS
 from train_throughput import SyntheticMLMTask, make_config
 from train_throughput import parse_args as throughput_args
 
@@ -94,6 +97,9 @@ def parse_args(argv=None):
   p.add_argument("--preset", default="peer,minilm", help="presets to profile, comma separated")
   p.add_argument("--n", default=None, help="sequence lengths; default peer 1024, minilm 256,512")
   p.add_argument("--steps", type=int, default=3, help="steps traced")
+  p.add_argument(
+    "--rounds", type=int, default=3, help="peer preset beside the peer: interleaved traces"
+  )
   p.add_argument(
     "--scan_layers",
     choices=["auto", "on", "off"],
@@ -220,7 +226,10 @@ def op_times(compiled, run, steps: int) -> tuple[dict[str, float], float]:
   return dict(times), wall
 
 
-def profile(preset: str, n: int, steps: int, scan: str = "auto") -> dict:
+def profile(preset: str, n: int, steps: int, scan: str = "auto", rounds: int = 1, alongside=None):
+  """The step traced `rounds` times (`steps` steps each), `alongside()` called after each trace
+  (the peer's profile, so both sides see the same load); the report's table is the round of
+  median step time, every round is kept for the side-by-side."""
   compiled, state, batches, cfg, batch, flops = build(preset, n, scan)
   holder = {"state": state, "i": 0}
 
@@ -232,16 +241,15 @@ def profile(preset: str, n: int, steps: int, scan: str = "auto") -> dict:
 
   for _ in range(2):  # warm-up
     run()
-  times, wall = op_times(compiled, run, steps)
+  traces, others = [], []
+  for _ in range(rounds):
+    times, wall = op_times(compiled, run, steps)
+    traces.append(dict(step_s=wall, ops_s=sum(times.values()), times=times))
+    if alongside is not None:
+      others.append(alongside())
+  median = sorted(traces, key=lambda t: t["step_s"])[len(traces) // 2]
   return dict(
-    preset=preset,
-    n=n,
-    batch=batch,
-    cfg=cfg,
-    step_s=wall,
-    ops_s=sum(times.values()),
-    flops=flops,
-    times=times,
+    preset=preset, n=n, batch=batch, cfg=cfg, flops=flops, rounds=traces, alongside=others, **median
   )
 
 
@@ -272,45 +280,52 @@ def table(r: dict, rate: float) -> list[str]:
   return lines
 
 
-def profile_peer(peer_path: str, n: int, batch: int, masked: int, steps: int) -> dict:
-  """The PyTorch peer's step at the same shapes under torch's profiler (its own process)."""
-  peer = Peer(peer_path)
-  try:
-    peer.ask(op="build", n=n, batch=batch, masked=masked)
-    for _ in range(2):
-      peer.ask(op="step")
-    return peer.ask(op="profile", steps=steps)
-  finally:
-    peer.close()
-
-
-def side_by_side(r: dict, peer: dict) -> list[str]:
-  """Where the project's step and the peer's differ: matmul time against everything else."""
-  ours_mm = sum(s for k, s in r["times"].items() if k.endswith(": matmul"))
-  ours_rest = r["ops_s"] - ours_mm
-  peer_mm, peer_rest = split_torch_ops(peer["ops"])
-  rest = sum(peer_rest.values())
-  gflops = lambda s: f"{r['flops'] / s / 1e9:.0f}"
-  ms = lambda s: f"{1e3 * s:.0f}"
-  top = sorted(peer_rest.items(), key=lambda kv: -kv[1])[:8]
+def side_by_side(r: dict, peer_rounds: list[dict]) -> list[str]:
+  """Where the project's step and the peer's differ, matmul time against everything else:
+  medians over the interleaved rounds of each side."""
+  ours = [sum(s for k, s in t["times"].items() if k.endswith(": matmul")) for t in r["rounds"]]
+  ours_rest = [t["ops_s"] - mm for t, mm in zip(r["rounds"], ours)]
+  split = [split_torch_ops(p["ops"]) for p in peer_rounds]
+  theirs, theirs_rest = [mm for mm, _ in split], [sum(rest.values()) for _, rest in split]
+  med = statistics.median
+  ms = lambda values: f"{1e3 * med(values):.0f}"
+  gflops = lambda values: f"{r['flops'] / med(values) / 1e9:.0f}"
+  names = set().union(*(rest for _, rest in split))
+  per_op = {name: med([rest.get(name, 0.0) for _, rest in split]) for name in names}
+  top = sorted(per_op.items(), key=lambda kv: -kv[1])[:8]
   return [
-    "Side by side with lucidrains' linformer (`peer_throughput.py`) at the same shapes, each "
-    "under its own profiler (the project's operation times from the XLA trace, the peer's "
-    "operators' own times from `torch.profiler`); the GFLOP/s are the project's model FLOPs "
-    "over each side's matmul time:",
+    f"Side by side with lucidrains' linformer (`peer_throughput.py`) at the same shapes: "
+    f"{len(peer_rounds)} rounds, each tracing the project's steps under the JAX profiler and "
+    "then the peer's under `torch.profiler` (each aten operator's own time), medians over the "
+    "rounds; GFLOP/s are the project's model FLOPs over each side's matmul time:",
     "",
     "| per step | project | peer |",
     "|---|---|---|",
-    f"| step, traced (ms) | {ms(r['step_s'])} | {ms(peer['seconds'])} |",
-    f"| matmul time (ms) | {ms(ours_mm)} | {ms(peer_mm)} |",
-    f"| matmul GFLOP/s | {gflops(ours_mm)} | {gflops(peer_mm)} |",
-    f"| everything else (ms) | {ms(ours_rest)} | {ms(rest)} |",
+    f"| step, traced (ms) | {ms([t['step_s'] for t in r['rounds']])} | "
+    f"{ms([p['seconds'] for p in peer_rounds])} |",
+    f"| matmul time (ms) | {ms(ours)} | {ms(theirs)} |",
+    f"| matmul GFLOP/s | {gflops(ours)} | {gflops(theirs)} |",
+    f"| everything else (ms) | {ms(ours_rest)} | {ms(theirs_rest)} |",
     "",
     "The peer's largest other operators (ms per step): "
     + ", ".join(f"{name} {1e3 * s:.0f}" for name, s in top)
     + ".",
     "",
   ]
+
+
+def profile_beside_peer(n: int, args) -> dict:
+  """The peer preset traced in `args.rounds` rounds, the peer's process (built and warmed up
+  first) profiled after each."""
+  peer = Peer(args.peer_path)
+  try:
+    peer.ask(op="build", n=n, batch=PEER_TOKENS // n, masked=math.ceil(0.15 * n))
+    for _ in range(2):
+      peer.ask(op="step")
+    peer_profile = lambda: peer.ask(op="profile", steps=args.steps)
+    return profile("peer", n, args.steps, args.scan_layers, args.rounds, peer_profile)
+  finally:
+    peer.close()
 
 
 def main(argv=None) -> int:
@@ -330,15 +345,15 @@ def main(argv=None) -> int:
     default = "1024" if preset == "peer" else "256,512"
     for n in [int(v) for v in (args.n or default).split(",")]:
       print(f"{preset}, n = {n}: compiling and tracing ...", flush=True)
-      r = profile(preset, n, args.steps, args.scan_layers)
-      lines += table(r, rate)
-      if preset == "peer" and (reason := peer_missing(args.peer_path)) is None:
-        print(f"peer, n = {n}: the PyTorch peer under torch.profiler ...", flush=True)
-        masked = math.ceil(0.15 * n)
-        peer = profile_peer(args.peer_path, n, r["batch"], masked, args.steps)
-        lines += side_by_side(r, peer)
-      elif preset == "peer":
-        lines += [f"(No side-by-side with the PyTorch peer: {reason}.)", ""]
+      reason = peer_missing(args.peer_path) if preset == "peer" else "not the peer preset"
+      if reason is None:
+        print(f"peer, n = {n}: the PyTorch peer under torch.profiler, interleaved ...", flush=True)
+        r = profile_beside_peer(n, args)
+        lines += table(r, rate) + side_by_side(r, r["alongside"])
+      else:
+        lines += table(profile(preset, n, args.steps, args.scan_layers), rate)
+        if preset == "peer":
+          lines += [f"(No side-by-side with the PyTorch peer: {reason}.)", ""]
   text = "\n".join(lines)
   platform = jax.devices()[0].platform
   write_report(text, args.out or Path(__file__).parent / "results" / f"profile_step_{platform}.md")

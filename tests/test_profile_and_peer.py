@@ -84,17 +84,20 @@ def test_torch_profile_splits_into_matmuls_and_the_rest():
 
 
 def test_side_by_side_table_reads_both_profiles():
-  r = dict(
-    step_s=2.0,
-    ops_s=2.1,
-    flops=140e9,
-    times={"mlp: matmul": 1.0, "attention: matmul": 0.4, "mlp: other": 0.7},
-  )
-  peer = dict(seconds=1.9, ops={"aten::mm": 1.2, "aten::bmm": 0.2, "aten::gelu": 0.3, "x": 0.1})
-  lines = profile_step.side_by_side(r, peer)
+  """Medians over the interleaved rounds, per side (the middle round of three here)."""
+  rounds = [
+    dict(step_s=wall, ops_s=wall + 0.1, times={"mlp: matmul": mm, "mlp: other": wall + 0.1 - mm})
+    for wall, mm in [(2.0, 1.4), (3.0, 2.0), (1.0, 0.5)]
+  ]
+  r = dict(flops=140e9, rounds=rounds)
+  peers = [
+    dict(seconds=s, ops={"aten::mm": 1.2 * s, "aten::bmm": 0.2 * s, "aten::gelu": 0.3, "x": 0.1})
+    for s in (1.0, 0.5, 2.0)
+  ]
+  lines = profile_step.side_by_side(r, peers)
   cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines if ln.startswith("|")]
   rows = {c[0]: c[1:] for c in cells}
-  assert rows["step, traced (ms)"] == ["2000", "1900"]
+  assert rows["step, traced (ms)"] == ["2000", "1000"]
   assert rows["matmul time (ms)"] == ["1400", "1400"]
   assert rows["matmul GFLOP/s"] == ["100", "100"]
   assert rows["everything else (ms)"] == ["700", "400"]
