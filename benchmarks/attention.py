@@ -36,7 +36,8 @@ much of that survives in a whole model.
 A cell that does not fit is marked, not dropped: "OOM" when the compiled peak exceeds the device's
 memory (on CPU, the machine's available RAM; checked before running), "error" when compilation or
 the run fails. Tables are printed as markdown and written to
-benchmarks/results/attention_<platform>.csv, with a plot of time and temp memory against n
+benchmarks/results/attention_<platform>.csv (rewritten after every n, so a sweep cut short keeps
+what it measured), with a plot of time and temp memory against n
 (attention_<platform>.png) and, for every model, the crossover: the n from which it beats full
 attention in time and in memory (a model that fits where full attention does not counts as
 beating it).
@@ -163,7 +164,9 @@ def row_label(row: dict) -> str:
   return label(row["model"], row["k"] or row["rounds"])
 
 
-def run_sweep(args) -> list[dict]:
+def run_sweep(args, csv_path: Path | None = None) -> list[dict]:
+  """Every cell, timed one n at a time; the rows measured so far are written to `csv_path` after
+  each n, so a sweep killed at n = 16384 keeps what it measured up to 8192."""
   cells = []
   for component, ns in (("layer", args.layer_n), ("encoder", args.encoder_n)):
     for n in ns:
@@ -182,11 +185,17 @@ def run_sweep(args) -> list[dict]:
       bar.set_description(f"{component} n={n} timing")
       time_interleaved([results[cell] for cell in group], args.repeats)
       bar.update(len(group))
+      if csv_path is not None:
+        write_csv(comparisons(cells, results, args), csv_path)
+  return comparisons(cells, results, args)
 
+
+def comparisons(cells: list[tuple], results: dict, args) -> list[dict]:
+  """One row per measured (component, n, model) against full attention at that n."""
   ms = lambda r: r.get("median_s") and 1e3 * r["median_s"]
   rows = []
   for component, attention, n, variant in cells:
-    if attention == "full":
+    if attention == "full" or (component, attention, n, variant) not in results:
       continue
     full = results[(component, "full", n, None)]
     other = results[(component, attention, n, variant)]
@@ -363,7 +372,10 @@ def main(argv=None) -> int:
     f"{args.batch}, {args.dtype}, sharing={args.sharing}, projection={args.projection}, "
     f"LSH chunks of {args.lsh_chunk}, median of {args.repeats} after 1 warm-up"
   )
-  rows = run_sweep(args)
+  path = Path(
+    args.out or Path(__file__).parent / "results" / f"attention_{jax.default_backend()}.csv"
+  )
+  rows = run_sweep(args, path)
   print(
     "\ntemp = XLA temp_size_in_bytes (attention working memory: intermediates only); "
     "peak = argument + output + temp bytes (parameters and input/output included)."
@@ -374,10 +386,6 @@ def main(argv=None) -> int:
   ):
     if any(r["component"] == component for r in rows):
       print(f"\n### {title}, hidden 768, 12 heads\n\n{markdown(rows, component)}")
-  path = Path(
-    args.out or Path(__file__).parent / "results" / f"attention_{jax.default_backend()}.csv"
-  )
-  write_csv(rows, path)
   print("\nCrossover (the first measured n from which the model stays ahead):\n")
   print(crossover_text(rows))
   png = plot(rows, path.with_suffix(".png"))

@@ -354,6 +354,33 @@ def test_lsh_records_get_ratios_and_their_own_table():
   assert (cfg.lsh_rounds, cfg.lsh_chunk_len, cfg.attention_impl) == (4, 64, None)
 
 
+def test_attention_benchmark_keeps_each_measured_n_when_killed(tmp_path, monkeypatch):
+  """A long sweep writes its CSV after every n: killed while building the second n, the file
+  holds the first n's comparisons (Linformer and LSH against full attention)."""
+  att = _load_script("attention")
+  real_prepare = att.prepare
+
+  def prepare(component, attention, n, variant, args):
+    if n == 64:
+      raise KeyboardInterrupt  # the kill, while the second n compiles
+    return real_prepare(component, attention, n, variant, args)
+
+  monkeypatch.setattr(att, "prepare", prepare)
+  out = tmp_path / "a.csv"
+  argv = ["--layer_n=32,64", "--encoder_n=", "--k=8", "--lsh_rounds=1", "--lsh_chunk=8"]
+  with pytest.raises(KeyboardInterrupt):
+    att.main(argv + ["--repeats=1", f"--out={out}"])
+  with open(out) as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["n"], r["model"], r["k"], r["rounds"]) for r in rows] == [
+    ("32", "linformer", "8", ""),
+    ("32", "lsh", "", "1"),
+  ]
+  assert all(
+    r["full_status"] == r["model_status"] == "ok" and float(r["model_ms"]) > 0 for r in rows
+  )
+
+
 def test_attention_benchmark_crossover_and_plot(tmp_path):
   """The long-n answer of benchmarks/attention.py: the first n from which a model stays ahead of
   full attention, in time and in memory; a model that fits where full attention does not wins
