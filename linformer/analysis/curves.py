@@ -111,9 +111,12 @@ def plot(data: dict, path: str, metric: str, title: str = "") -> None:
   ax.set_ylabel(f"validation {metric}")
   ax.set_title(title)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  if len(data) > 4:  # below the axes, where it cannot cover a curve
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+  else:
+    ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def table(data: dict, metric: str) -> str:
