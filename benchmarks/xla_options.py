@@ -48,12 +48,12 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
   no 'true' string for a bool option)."""
   name, sep, rest = text.partition("=")
   if not sep or not name:
-    raise SystemExit(f"xla_options.py: --variant {text!r}: write name=option:value;option:value")
+    raise ValueError(f"xla_options.py: --variant {text!r}: write name=option:value;option:value")
   options = {}
   for part in filter(None, rest.split(";")):
     option, sep, value = part.partition(":")
     if not sep:
-      raise SystemExit(
+      raise ValueError(
         f"xla_options.py: --variant {text!r}: {part!r} is not option:value "
         "(write name=option:value;option:value)"
       )
@@ -75,7 +75,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
+  try:  # every variant checked before anything compiles
+    variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
+  except ValueError as e:
+    print(e, file=sys.stderr)
+    return 2
   runs = []
   for name, options in variants:
     print(f"compiling {name} {options or ''} ...", flush=True)

@@ -115,8 +115,9 @@ def test_xla_options_variants_parse_and_bad_ones_say_how():
     {"x": "1", "y": "LIBRARY_FUSION_TYPE_DOT"},
   )
   for bad in ("no_equals", "=x:1", "a=x"):
-    with pytest.raises(SystemExit, match="name=option:value"):
+    with pytest.raises(ValueError, match="name=option:value"):
       xla_options.parse_variant(bad)
+  assert xla_options.main(["--variant", "a=x"]) == 2  # one line, exit status 2, nothing built
 
 
 def test_peer_benchmark_without_the_peer_says_how_to_install_it(tmp_path):
