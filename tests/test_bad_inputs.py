@@ -201,6 +201,24 @@ def test_corpus_that_is_not_text(binary_file, data_dir, tmp_path, capsys):
   assert_nothing_written(workdir)
 
 
+@pytest.mark.parametrize(
+  "content,names",
+  [
+    (b'{"text": "a review"}\n{"body": "another"}\n', ["reviews.jsonl line 2 has no field 'text'"]),
+    (b'{"text": "the only review"}\n', ["found 1 non-empty document", "need at least 2"]),
+  ],
+  ids=["missing field", "one document"],
+)
+def test_corpus_table_refused(content, names, data_dir, tmp_path, capsys):
+  path = tmp_path / "reviews.jsonl"
+  path.write_bytes(content)
+  workdir = str(tmp_path / "run")
+  argv = ["--config.data.dataset=text_files", f"--config.data.text_files_train_patterns={path}"]
+  code, err = run_train(capsys, workdir, *argv, data_dir=data_dir)
+  assert_refused(code, err, "text_files_train_patterns", *names)
+  assert_nothing_written(workdir)
+
+
 def test_vocabulary_too_small_for_the_corpus(pydocs, data_dir, tmp_path, capsys):
   workdir = str(tmp_path / "run")
   code, err = run_train(capsys, workdir, "--config.data.vocab_size=50", data_dir=data_dir)

@@ -303,8 +303,6 @@ def write_corpus(directory):
     f.write("Gamma from gzip.\n\nDelta from gzip.\n")
   with open(os.path.join(directory, "c.txt"), "wb") as f:
     f.write(b"Latin-1 caf\xe9 \xff bytes.\n")
-  with open(os.path.join(directory, "empty.txt"), "w") as f:
-    f.write("\n\n")
 
 
 def read_all(source):
@@ -352,6 +350,178 @@ def test_text_files_errors(tmp_path):
     text_files.text_files_config([str(tmp_path / "missing" / "*.txt")])
   with pytest.raises(ValueError, match="TextFilesConfig"):
     data.load_text_source("text_files", "train", "text", str(tmp_path))
+
+
+def write_tables(directory):
+  """The same five reviews as JSON lines (gzipped), CSV and TSV, with markup and other fields."""
+  os.makedirs(directory)
+  reviews = [
+    "A fine film.<br /><br />Loved it.",
+    "Dull, <i>very</i> dull.",
+    "   ",  # blank: skipped
+    "Two < three > one, and a<b>bold</b> move.",
+    'He said "wow".',
+    "Last one.",
+  ]
+  with gzip.open(os.path.join(directory, "train.jsonl.gz"), "wt") as f:
+    for i, text in enumerate(reviews):
+      f.write(json.dumps({"id": i, "review": text, "label": i % 2}) + "\n")
+  with open(os.path.join(directory, "train.csv"), "w") as f:
+    f.write(
+      "label,review\n"
+      + "".join(f'{i % 2},"{t.replace(chr(34), 2 * chr(34))}"\n' for i, t in enumerate(reviews))
+    )
+  with open(os.path.join(directory, "train.tsv"), "w") as f:
+    f.write("review\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(reviews)))
+  return reviews
+
+
+def load_all(config, data_dir):
+  load = lambda split: read_all(
+    data.load_text_source("text_files", split, "text", data_dir, config=config)
+  )  # noqa: E731
+  return sorted(load("train") + load("validation"))
+
+
+@pytest.mark.parametrize("name", ["train.jsonl.gz", "train.csv", "train.tsv"])
+def test_text_files_tables_one_document_a_row(tmp_path, name):
+  """A table's `text_field` column, one document a row; strip_markup turns tags into spaces and
+  leaves other angle brackets; the other columns are ignored."""
+  write_tables(tmp_path / "corpus")
+  path = str(tmp_path / "corpus" / name)
+  plain = text_files.text_files_config(path, text_field="review")  # one pattern as a string
+  as_tuple = text_files.text_files_config((path,), text_field="review")  # or a tuple
+  assert (as_tuple.name, as_tuple.train_patterns) == (plain.name, plain.train_patterns)
+  assert load_all(plain, str(tmp_path / "tfds")) == sorted(
+    [
+      "A fine film.<br /><br />Loved it.",
+      "Dull, <i>very</i> dull.",
+      "Two < three > one, and a<b>bold</b> move.",
+      'He said "wow".',
+      "Last one.",
+    ]
+  )
+  stripped = text_files.text_files_config(path, text_field="review", strip_markup=True)
+  assert stripped.name != plain.name  # separate prepared data
+  assert load_all(stripped, str(tmp_path / "tfds")) == sorted(
+    [
+      "A fine film.  Loved it.",
+      "Dull,  very  dull.",
+      "Two < three > one, and a bold  move.",
+      'He said "wow".',
+      "Last one.",
+    ]
+  )
+
+
+def test_text_files_split_by_file_name_not_path(tmp_path, monkeypatch):
+  """The held-out documents are the same for the same file anywhere, named relatively or not."""
+  write_tables(tmp_path / "a")
+  write_tables(tmp_path / "b")
+  monkeypatch.chdir(tmp_path)
+
+  def validation(pattern):
+    config = text_files.text_files_config(pattern, text_field="review", validation_fraction=0.4)
+    return read_all(
+      data.load_text_source(
+        "text_files", "validation", "text", str(tmp_path / "tfds"), config=config
+      )
+    )
+
+  held_out = validation(str(tmp_path / "a" / "train.tsv"))
+  assert 1 <= len(held_out) < 5
+  assert validation("b/train.tsv") == held_out
+
+
+def test_text_files_own_validation_files(tmp_path):
+  write_tables(tmp_path / "corpus")
+  config = text_files.text_files_config(
+    str(tmp_path / "corpus" / "train.csv"),
+    validation_patterns=str(tmp_path / "corpus" / "train.tsv"),
+    text_field="review",
+  )
+  valid = data.load_text_source(
+    "text_files", "validation", "text", str(tmp_path / "tfds"), config=config
+  )
+  assert len(valid) == 5 and "Last one." in read_all(valid)
+
+
+def write(path, content: bytes):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  opener = gzip.open if str(path).endswith(".gz") else open
+  with opener(path, "wb") as f:
+    f.write(content)
+  return str(path)
+
+
+@pytest.mark.parametrize(
+  "name,content,message",
+  [
+    ("a.jsonl", b'{"text": "one"}\n{"body": "two"}\n', r"a\.jsonl line 2 has no field 'text'"),
+    ("a.jsonl.gz", b'{"text": "caf\xe9"}\n', r"a\.jsonl\.gz line 1 is not UTF-8"),
+    ("a.jsonl", b"", r"a\.jsonl is empty"),
+    ("a.txt", b"\n\n  \n", r"a\.txt is empty \(blank lines only\)"),
+    ("a.jsonl", b'{"text": 3}\n', r"line 1: the text field 'text' is a int"),
+    ("a.jsonl", b'{"text": " "}\n{"text": ""}\n', r"the column 'text' is blank in every row"),
+    ("a.csv", b"body,label\nhello,1\n", r"a\.csv has no column 'text'.*body, label"),
+    ("a.jsonl", b'{"text": "x"}\n[1, 2]\n', r"line 2 is a JSON list"),
+  ],
+  ids=[
+    "missing field",
+    "not UTF-8",
+    "empty",
+    "blank txt",
+    "not a string",
+    "blank column",
+    "csv column",
+    "not an object",
+  ],
+)
+def test_text_files_bad_files(tmp_path, name, content, message):
+  """One ConfigError naming the field, the file and (where it has one) the line."""
+  path = write(tmp_path / name, content)
+  with pytest.raises(text_files.ConfigError, match=r"text_files_train_patterns: .*" + message):
+    text_files.text_files_config([path])
+
+
+def test_text_files_split_overlap_and_field(tmp_path):
+  write_tables(tmp_path / "corpus")
+  with pytest.raises(ValueError, match=r"validation_patterns: .*train\.csv is also matched by"):
+    text_files.text_files_config(
+      str(tmp_path / "corpus" / "*"),
+      validation_patterns=str(tmp_path / "corpus" / "train.csv"),
+      text_field="review",
+    )
+  with pytest.raises(ValueError, match=r"config\.data\.text_field=''"):
+    text_files.text_files_config(str(tmp_path / "corpus" / "train.csv"), text_field="")
+  one = write(tmp_path / "one" / "a.jsonl", b'{"text": "only one document"}\n')
+  with pytest.raises(text_files.ConfigError, match=r"found 1 non-empty document.*need at least 2"):
+    data.load_text_source(
+      "text_files",
+      "train",
+      "text",
+      str(tmp_path / "tfds"),
+      config=text_files.text_files_config(one),
+    )
+
+
+def test_build_pretrain_data_from_json_lines(tmp_path):
+  """IMDB's format (a gzipped JSON lines file, `text` beside other fields) with strip_markup: the
+  packed tokens hold the reviews' words and none of the tags."""
+  reviews = [f"Review {i}: a good film.<br /><br />I liked {i} things about it." for i in range(40)]
+  with gzip.open(tmp_path / "train.jsonl.gz", "wt") as f:
+    f.writelines(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(reviews))
+  config = data.default_config()
+  config.dataset = "text_files"
+  config.text_files_train_patterns = (str(tmp_path / "train.jsonl.gz"),)
+  config.text_field, config.strip_markup = "text", True
+  config.data_dir = str(tmp_path / "tfds")
+  config.tokenizer = minilm_tokenizer_json()
+  batching = pipeline.Batching(seq_len=64, batch_size=2, seed=0)
+  tok, train_iter, _ = data.build_pretrain_data(config, str(tmp_path / "work"), batching)
+  text = tok.decode(next(train_iter)["input_ids"][0].tolist())
+  assert "liked" in text and "film" in text
+  assert "br" not in text.split() and "<" not in text
 
 
 def test_named_tfds_dataset_through_the_same_pipeline(tokenizer, tmp_path):

@@ -366,6 +366,7 @@ def make_encoder(
     head_tokens=config_data.get("head_tokens", 128),
     template=template_for(tokenizer, config_data.get("pair_template", "auto")),
     split=split,
+    strip_markup=config_data.get("strip_markup", False),
   )
 
 

@@ -45,6 +45,8 @@ value.
     `linformer.data.encoding`).
   head_tokens: tokens kept from the start by 'head_tail' (128).
   pair_template: 'auto' (from the tokenizer), 'bert' or 'roberta'.
+  strip_markup: markup tags such as IMDB's `<br />` become spaces before
+    tokenizing (False); as the pretraining run's config.data.strip_markup.
   listops_config: builder config of the listops dataset: 'default' (LRA
     sizes) or 'small' (see linformer/data/listops.py for others).
   num_workers: grain worker processes (0: threads in this process).
@@ -91,6 +93,7 @@ def default_config() -> ml_collections.ConfigDict:
       "truncation": "auto",
       "head_tokens": 128,
       "pair_template": "auto",
+      "strip_markup": False,
       "listops_config": "default",
       "num_workers": 0,
       "files": {split: "" for split in SPLITS},

@@ -43,7 +43,7 @@ import grain
 import numpy as np
 
 from linformer.data.datasets import DatasetSpec
-from linformer.data.pipeline import decode_text
+from linformer.data.pipeline import decode_text, strip_markup
 from linformer.data.tokenizer import Tokenizer
 
 TRUNCATIONS = ("head", "tail", "head_tail")
@@ -256,6 +256,7 @@ class EncodeExample(grain.transforms.Map):
     head_tokens: int,
     template: Template,
     split: str,
+    strip_markup: bool = False,
   ):
     self.spec = spec
     self.tokenizer = tokenizer
@@ -264,8 +265,11 @@ class EncodeExample(grain.transforms.Map):
     self.head_tokens = head_tokens
     self.template = template
     self.split = split
+    self.strip_markup = strip_markup
 
   def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    if self.strip_markup:
+      texts = [strip_markup(t) for t in texts]
     ids = [self.tokenizer.encode(t) for t in texts]
     return encode_ids(
       self.template,
@@ -324,6 +328,7 @@ def encode_for_prediction(
   truncation: str = "auto",
   head_tokens: int = 128,
   pair_template: str = "auto",
+  strip_markup: bool = False,
 ) -> dict[str, np.ndarray]:
   """A one-example batch of `text` (and `text_pair`), as the pipeline makes.
 
@@ -348,6 +353,7 @@ def encode_for_prediction(
     head_tokens=head_tokens,
     template=template_for(tokenizer, pair_template),
     split="prediction",
+    strip_markup=strip_markup,
   )
   example = encoder.encode([text] if text_pair is None else [text, text_pair])
   example["labels"] = (np.float32 if spec.is_regression else np.int32)(0)

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Sequence
 
 import grain
@@ -91,6 +92,20 @@ def host_batches(
 def eval_batches_per_host(num_examples: int, batch_size: int, shard_count: int) -> int:
   """Full eval batches per host (the last ones padded with fillers)."""
   return max(1, math.ceil(num_examples / (shard_count * batch_size)))
+
+
+# An HTML / XML tag: `<br />`, `<i>`, `</p>`, `<a href="...">`. Not `a < b > c` (no name after <).
+# Attributes are name or name=value pairs, so prose such as "x<y and z>w" is left alone.
+_MARKUP = re.compile(
+  r"</?[A-Za-z][A-Za-z0-9:-]*"
+  r"""(?:\s+[A-Za-z_:][-\w:.]*(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'<>]+))?)*\s*/?>"""
+)
+
+
+def strip_markup(text: str) -> str:
+  """`text` with each markup tag (IMDB's `<br />`) replaced by a space (config.data.strip_markup):
+  the tags would otherwise be word pieces the model learns to predict and to read."""
+  return _MARKUP.sub(" ", text)
 
 
 def decode_text(value) -> str:

@@ -10,7 +10,7 @@ same packed blocks.
 `config.data` fields (`default_config()`):
 
   dataset: TFDS name: 'pydocs' (Python docstrings, offline), 'text_files'
-    (your .txt/.txt.gz files, see text_files_*), or any TFDS text dataset
+    (your own files, see text_files_*), or any TFDS text dataset
     such as 'lm1b', 'wikipedia/20230601.en', 'c4/en' prepared as array_record.
   field: the text feature of `dataset` ('text').
   train_split, eval_split: split names ('train', 'validation'); TFDS slicing
@@ -25,11 +25,16 @@ same packed blocks.
   mask_prob: fraction of maskable tokens predicted (0.15).
   num_workers: grain worker processes for tokenizing and batching (0: none).
   cache_dir: packed token streams; None -> {workdir}/data.
-  text_files_train_patterns: globs of training files (dataset='text_files').
+  text_files_train_patterns: a glob, or a tuple of globs, of training files
+    (dataset='text_files'): .txt, or .jsonl / .json / .csv / .tsv tables (one
+    document a row), each optionally .gz (linformer/data/text_files.py).
   text_files_validation_patterns: globs of validation files; empty -> a
     deterministic text_files_validation_fraction of the training documents.
   text_files_validation_fraction: 0.05.
   text_files_one_doc_per_file: False: documents are separated by blank lines.
+  text_field: the column of JSON lines / CSV / TSV files holding the text
+    ('text'; dataset='text_files').
+  strip_markup: markup tags such as IMDB's `<br />` become spaces (False).
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ def default_config() -> ml_collections.ConfigDict:
       "text_files_validation_patterns": (),
       "text_files_validation_fraction": 0.05,
       "text_files_one_doc_per_file": False,
+      "text_field": "text",
+      "strip_markup": False,
     }
   )
 

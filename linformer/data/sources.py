@@ -137,4 +137,6 @@ def text_files_config_from(config_data) -> text_files.TextFilesConfig | None:
     validation_patterns=list(config_data.text_files_validation_patterns),
     validation_fraction=config_data.text_files_validation_fraction,
     one_doc_per_file=config_data.text_files_one_doc_per_file,
+    text_field=config_data.get("text_field", "text"),
+    strip_markup=config_data.get("strip_markup", False),
   )

@@ -1,19 +1,26 @@
-"""`text_files`: a user's own plain-text corpus as a TFDS dataset.
+"""`text_files`: a user's own corpus as a TFDS dataset (HF `run_mlm.py`'s `--train_file`).
 
-Files are given as glob patterns of `.txt` / `.txt.gz` files in a
-`TextFilesConfig`. Documents are separated by blank lines, or are whole files
-(`one_doc_per_file=True`). Bytes that are not UTF-8 are decoded with
-U+FFFD replacement characters; empty documents are skipped.
+Files are given as glob patterns in a `TextFilesConfig`, each file optionally gzipped; its
+format comes from its name, as for fine-tuning files (`linformer/data/files.py`):
+- `.jsonl` / `.json` (JSON lines), `.csv` (a header, RFC 4180 quoting) and `.tsv` (a header,
+  GLUE's format): one document a row, the column `text_field` (IMDB's JSON lines: `text`);
+- anything else is plain text: documents separated by blank lines, or whole files
+  (`one_doc_per_file=True`); bytes that are not UTF-8 are decoded as U+FFFD.
+With `strip_markup`, markup tags such as IMDB's `<br />` become spaces (`pipeline.strip_markup`).
+Blank documents are skipped; a file with none, a missing column, a table that is not UTF-8 or a
+plain-text file that is mostly not text is a `ConfigError` naming the file, before anything is
+written.
 
 The `validation` split comes from `validation_patterns` when given, else from
-a stable hash of each document's key (file path and index), so the same files
-always split the same way.
+a stable hash of each document's file name and index, so the same files always
+split the same way, wherever they lie.
 
 The config name is a hash of the options and of the matched files' paths and
 sizes: different corpora never share a directory under `data_dir`, and a
 changed corpus is prepared anew.
 
     config = text_files_config(train_patterns=['/data/books/*.txt.gz'])
+    config = text_files_config('imdb/train.jsonl.gz', text_field='text', strip_markup=True)
     builder = tfds.builder('text_files', config=config, data_dir=...)
 """
 
@@ -30,7 +37,8 @@ from collections.abc import Iterator, Sequence
 import tensorflow_datasets as tfds
 
 from linformer.config import ConfigError
-from linformer.data.pipeline import not_text_fraction
+from linformer.data import files
+from linformer.data.pipeline import not_text_fraction, strip_markup
 
 
 @dataclasses.dataclass(eq=False)
@@ -40,7 +48,20 @@ class TextFilesConfig(tfds.core.BuilderConfig):
   train_patterns: tuple[str, ...] = ()
   validation_patterns: tuple[str, ...] = ()
   validation_fraction: float = 0.05  # Used when validation_patterns is empty.
-  one_doc_per_file: bool = False
+  one_doc_per_file: bool = False  # Plain-text files only.
+  text_field: str = "text"  # The column of JSON lines / CSV / TSV files that holds the text.
+  strip_markup: bool = False
+
+
+def file_format(path: str) -> str:
+  """'jsonl', 'csv' or 'tsv' for a table (optionally .gz), else 'text'."""
+  name = path[:-3] if path.endswith(".gz") else path
+  return files.FORMATS.get(os.path.splitext(name)[1].lower(), "text")
+
+
+def _patterns(patterns: str | Sequence[str]) -> tuple[str, ...]:
+  """One glob pattern or several."""
+  return (patterns,) if isinstance(patterns, str) else tuple(patterns)
 
 
 def _expand(patterns: Sequence[str], field: str) -> list[str]:
@@ -55,22 +76,22 @@ def _expand(patterns: Sequence[str], field: str) -> list[str]:
   if patterns and not files:
     raise FileNotFoundError(
       f"config.data.{field}={list(patterns)!r}: no file matches; give glob "
-      "patterns of existing .txt or .txt.gz files."
+      "patterns of existing files (.txt, .jsonl, .csv, .tsv, optionally .gz)."
     )
   return files
 
 
 def text_files_config(
-  train_patterns: Sequence[str],
-  validation_patterns: Sequence[str] = (),
+  train_patterns: str | Sequence[str],
+  validation_patterns: str | Sequence[str] = (),
   validation_fraction: float = 0.05,
   one_doc_per_file: bool = False,
+  text_field: str = "text",
+  strip_markup: bool = False,
 ) -> TextFilesConfig:
-  """A `TextFilesConfig` named by a hash of its options and matched files."""
-  if isinstance(train_patterns, str) or isinstance(validation_patterns, str):
-    raise TypeError(
-      "config.data.text_files_*_patterns: give a list of glob patterns, not a single string."
-    )
+  """A `TextFilesConfig` named by a hash of its options and matched files, which are checked
+  here (`check_file`): a bad file is a ConfigError before anything is prepared."""
+  train_patterns, validation_patterns = _patterns(train_patterns), _patterns(validation_patterns)
   if not train_patterns:
     raise ValueError(
       "config.data.dataset='text_files' needs "
@@ -81,18 +102,38 @@ def text_files_config(
       f"config.data.text_files_validation_fraction={validation_fraction}: "
       "must be in (0, 1) when no validation patterns are given."
     )
-  files = {
+  matched = {
     "train": _expand(train_patterns, "text_files_train_patterns"),
     "validation": _expand(validation_patterns, "text_files_validation_patterns"),
   }
-  for field, paths in (("train", files["train"]), ("validation", files["validation"])):
+  shared = {os.path.realpath(f) for f in matched["train"]} & {
+    os.path.realpath(f) for f in matched["validation"]
+  }
+  if shared:
+    raise ValueError(
+      f"config.data.text_files_validation_patterns: {sorted(shared)[0]} is also matched by "
+      "text_files_train_patterns, so the validation text would be trained on. Fix: narrow the "
+      "train patterns."
+    )
+  if not isinstance(text_field, str) or not text_field:
+    raise ValueError(
+      f"config.data.text_field={text_field!r}: name the column of the JSON lines / CSV / TSV "
+      "files that holds the text, e.g. text."
+    )
+  for split, paths in matched.items():
     for path in paths[:MAX_FILES_CHECKED]:
-      check_text_file(path, f"config.data.text_files_{field}_patterns")
+      check_file(path, f"config.data.text_files_{split}_patterns", text_field)
+  tables = any(file_format(f) != "text" for v in matched.values() for f in v)
   fingerprint = json.dumps(
     {
-      "files": {k: [(os.path.abspath(f), os.path.getsize(f)) for f in v] for k, v in files.items()},
+      "files": {
+        k: [(os.path.abspath(f), os.path.getsize(f)) for f in v] for k, v in matched.items()
+      },
       "validation_fraction": validation_fraction if not validation_patterns else None,
       "one_doc_per_file": one_doc_per_file,
+      # Only where they change the documents, so existing corpora keep their names.
+      **({"text_field": text_field} if tables else {}),
+      **({"strip_markup": True} if strip_markup else {}),
     },
     sort_keys=True,
   )
@@ -104,6 +145,8 @@ def text_files_config(
     validation_patterns=tuple(validation_patterns),
     validation_fraction=validation_fraction,
     one_doc_per_file=one_doc_per_file,
+    text_field=text_field,
+    strip_markup=strip_markup,
   )
 
 
@@ -114,9 +157,35 @@ _SAMPLE_BYTES = 1 << 16
 MAX_NOT_TEXT_FRACTION = 0.1
 
 
+def check_file(path: str, field: str, text_field: str = "text") -> None:
+  """A ConfigError naming `path` (and the line, where there is one) unless it holds documents: a
+  table is read whole (`files.read_table`: UTF-8, well-formed, the `text_field` column a string in
+  every row, not all blank); a plain-text file's first 64 KiB are checked (`check_text_file`)."""
+  if file_format(path) == "text":
+    check_text_file(path, field)
+    return
+  table = files.read_table(path, field)
+  files.check_columns(table, {text_field: "the text, config.data.text_field"}, field)
+  blank = True
+  for row, (_, line) in zip(table.rows, table.where):
+    value = row[text_field]
+    if not isinstance(value, str):
+      raise ConfigError(
+        f"{field}: {path} line {line}: the text field {text_field!r} is a "
+        f"{type(value).__name__}, not a string. Fix: config.data.text_field names the text column."
+      )
+    blank = blank and not value.strip()
+  if blank:
+    raise ConfigError(
+      f"{field}: {path} has no text: the column {text_field!r} is blank in every row. Fix: "
+      "config.data.text_field names the text column."
+    )
+
+
 def check_text_file(path: str, field: str) -> None:
-  """A ConfigError naming `path` if its first 64 KiB are not text: mostly bytes that are not UTF-8
-  (random or binary data) or control characters, or a .gz that does not decompress."""
+  """A ConfigError naming `path` if it is empty or its first 64 KiB are not text: mostly bytes
+  that are not UTF-8 (random or binary data) or control characters, or a .gz that does not
+  decompress."""
   opener = gzip.open if path.endswith(".gz") else open
   try:
     with opener(path, "rb") as f:
@@ -125,6 +194,11 @@ def check_text_file(path: str, field: str) -> None:
     raise ConfigError(
       f"{field}: {path} cannot be read ({e}). Fix: give .txt or .txt.gz files."
     ) from None
+  if not sample.strip():
+    raise ConfigError(
+      f"{field}: {path} is empty{' (blank lines only)' if sample else ''}. Fix: remove it, or "
+      "narrow the glob."
+    )
   text = sample.decode("utf-8", errors="replace")
   if len(sample) == _SAMPLE_BYTES:  # a character cut at the end of the sample is not an error
     text = text.rstrip("\ufffd")
@@ -142,8 +216,20 @@ def _read_lines(path: str) -> Iterator[str]:
     yield from f
 
 
-def iter_documents(path: str, one_doc_per_file: bool) -> Iterator[str]:
-  """Non-empty documents of one file, streamed (files may be large)."""
+def iter_documents(
+  path: str, one_doc_per_file: bool = False, text_field: str = "text", strip: bool = False
+) -> Iterator[str]:
+  """Non-blank documents of one file; plain text is streamed (files may be large)."""
+  if strip:
+    for text in iter_documents(path, one_doc_per_file, text_field):
+      text = strip_markup(text).strip()
+      if text:
+        yield text
+    return
+  if file_format(path) != "text":
+    table = files.read_table(path, "config.data.text_files_*_patterns")
+    yield from (row[text_field].strip() for row in table.rows if row[text_field].strip())
+    return
   if one_doc_per_file:
     text = "".join(_read_lines(path)).strip()
     if text:
@@ -161,8 +247,12 @@ def iter_documents(path: str, one_doc_per_file: bool) -> Iterator[str]:
 
 
 def _hash(key: str) -> float:
-  """A stable, uniform number in [0, 1) for a document key."""
-  return int(hashlib.sha1(key.encode()).hexdigest()[:15], 16) / 16**15
+  """A stable, uniform number in [0, 1) for a document key ('path:index'), from the file's name
+  and the index only: the same files split the same way wherever they lie and however the
+  pattern names them (relative or absolute)."""
+  path, index = key.rsplit(":", 1)
+  name = f"{os.path.basename(path)}:{index}"
+  return int(hashlib.sha1(name.encode()).hexdigest()[:15], 16) / 16**15
 
 
 class TextFiles(tfds.core.GeneratorBasedBuilder):
@@ -203,7 +293,7 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
     # so that both splits get at least one document.
     hashes = [_hash(key) for path in train_files for key, _ in self._documents(path)]
     if len(hashes) < 2:
-      raise ValueError(
+      raise ConfigError(
         f"config.data.text_files_train_patterns={list(config.train_patterns)}"
         f": found {len(hashes)} non-empty document(s); need at least 2 to "
         "make a validation split, or give text_files_validation_patterns."
@@ -217,7 +307,9 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
     }
 
   def _documents(self, path):
-    for index, text in enumerate(iter_documents(path, self.builder_config.one_doc_per_file)):
+    c = self.builder_config
+    docs = iter_documents(path, c.one_doc_per_file, c.text_field, c.strip_markup)
+    for index, text in enumerate(docs):
       yield f"{path}:{index}", text
 
   def _generate_examples(self, files, keep=lambda key: True):

@@ -161,6 +161,7 @@ class FinetuneTask(Task):
       truncation=self.config.data.truncation,
       head_tokens=self.config.data.head_tokens,
       pair_template=self.config.data.pair_template,
+      strip_markup=self.config.data.get("strip_markup", False),
     )
     logits = np.asarray(self._logits(model, batch, True, None))
     return {"task": self.spec.name, **self.predictions(logits)[0]}

@@ -65,6 +65,9 @@ ADDED_FIELDS = {
   "model.lsh_rounds": 4,
   "model.lsh_chunk_len": 64,
   "model.lsh_seed": 0,
+  # Pretraining from JSON lines / CSV files, and markup stripping.
+  "data.text_field": "text",
+  "data.strip_markup": False,
 }
 
 LATEST, BEST = "checkpoints", "best"
