@@ -171,6 +171,13 @@ def _check_predict_file_flags(fv: flags.FlagValues, task: str, workdir: str) -> 
     )
   if not os.access(os.path.dirname(out), os.W_OK):
     raise cli.UsageError(f"--out={fv.out}: {os.path.dirname(out)} is not writable.")
+  from linformer.data import files
+
+  inputs = {
+    "--predict_file": files.expand(fv.predict_file, "--predict_file"),
+    "--workdir": [workdir],
+  }
+  cli.check_output("--out", fv.out, inputs)
 
 
 def _check_generate_flags(fv: flags.FlagValues, task: str, workdir: str) -> None:

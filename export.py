@@ -67,8 +67,7 @@ def main(fv) -> int:
     raise cli.UsageError(f"--out={fv.out} is a file. Fix: give a new or existing directory.")
   if fv.step is not None and fv.step < 0:
     raise cli.UsageError(f"--step={fv.step}: give a checkpoint step >= 0.")
-  if os.path.abspath(fv.out) == os.path.abspath(fv.workdir):
-    raise cli.UsageError(f"--out={fv.out} is the run's workdir. Fix: export to another directory.")
+  cli.check_output("--out", fv.out, {"--workdir": [fv.workdir]})
   config = export_run(fv.workdir, fv.out, step=fv.step, model_type=fv.model_type)
   print(f"Wrote {fv.out} ({config['model_type']}, step {config['linformer']['source']['step']}).")
   for note in config["linformer"]["transformers_load"]:

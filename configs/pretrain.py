@@ -14,8 +14,9 @@ multiple of lsh_chunk_len).
 
 Sweeps of the paper's Figure 3 (`python sweep.py --config=configs/pretrain.py:sweep=fig3a,...`):
 fig3a (n=512: k in 64, 128, 256 and the Transformer), fig3b (n=1024: k in 128, 256, 512 and the
-Transformer), fig3c (n=512, k=128: the four sharing modes), fig3d (k=256: n in 512..4096); and
-attention (the same model with each attention kind: linformer, full, lsh).
+Transformer), fig3c (n=512, k=128: the four sharing modes), fig3d (k=256: n in 512..4096), fig3
+(3a and 3c, their shared row once, Table 2's rows first); and attention (the same model with each
+attention kind: linformer, full, lsh).
 """
 
 from typing import NamedTuple
@@ -160,11 +161,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
+# (k, sharing) of fig3's Linformer rows, Table 2's first.
+FIG3_ORDER = [(128, "none"), (128, "layerwise"), (256, "none"), (64, "none"), (128, "kv"),
+              (128, "headwise")]  # fmt: skip
 SWEEPS = {
   "fig3a": [dict(n=512, attention="full")] + [dict(n=512, k=k) for k in (64, 128, 256)],
   "fig3b": [dict(n=1024, attention="full")] + [dict(n=1024, k=k) for k in (128, 256, 512)],
   "fig3c": [dict(n=512, k=128, sharing=s) for s in ("none", "headwise", "kv", "layerwise")],
   "fig3d": [dict(n=n, k=256) for n in (512, 1024, 2048, 4096)],
+  # 3a and 3c at n=512 with their shared row once, in the order Table 2 needs them.
+  "fig3": [dict(n=512, attention="full")] + [dict(n=512, k=k, sharing=s) for k, s in FIG3_ORDER],
   "attention": [dict(attention=kind) for kind in ATTENTION_KINDS],
 }
 

@@ -96,6 +96,48 @@ def report(prog: str, message: str, trace: bool = False) -> int:
   return EXIT_USAGE
 
 
+# What makes a directory a train.py run: its config.json beside any of these.
+_RUN_MARKS = ("checkpoints", "metrics.jsonl", "tokenizer", "results.json")
+
+
+def run_directory(path: str) -> str | None:
+  """The train.py run directory that `path` is or lies in (resolved), or None."""
+  here = os.path.realpath(path)
+  while True:
+    if os.path.isfile(os.path.join(here, "config.json")) and any(
+      os.path.exists(os.path.join(here, mark)) for mark in _RUN_MARKS
+    ):
+      return here
+    parent = os.path.dirname(here)
+    if parent == here:
+      return None
+    here = parent
+
+
+def check_output(flag: str, value: str, inputs: dict[str, Sequence[str]] | None = None) -> None:
+  """A UsageError if writing `value` (a file or a directory of outputs) could destroy what the
+  user has: a path given as an input of the same command (`inputs`: flag -> its paths, globs
+  already expanded), a directory holding one, or an existing file or directory of a train.py
+  run (a new file or directory inside a run is fine). Paths are compared resolved (symlinks)."""
+  out = os.path.realpath(value)
+  for name, paths in (inputs or {}).items():
+    for path in paths:
+      given = os.path.realpath(path)
+      if given == out or given.startswith(out + os.sep):
+        what = "is" if given == out else "holds"
+        raise UsageError(
+          f"{flag}={value} {what} the input {name}={path}: writing it would destroy the input. "
+          "Fix: write to a new path."
+        )
+  run = run_directory(out)
+  if run is not None and os.path.exists(out):
+    where = "is the run directory" if run == out else f"belongs to the run in {run}"
+    raise UsageError(
+      f"{flag}={value} {where}: writing there would overwrite that run's files. Fix: write to a "
+      "new path (a new file or folder inside a run is fine)."
+    )
+
+
 def parse_mesh(text: str) -> dict[str, int]:
   """`--mesh=data=1,fsdp=1,tensor=1` as {axis: size}; omitted axes are 1."""
   sizes = {}

@@ -556,6 +556,50 @@ def test_bad_predict_file(name, names, bad_files, fake_runs, tmp_path, capsys):
   assert not out.exists()
 
 
+def digest(path) -> str:
+  """A file's content hash, or a directory's listing with every file's hash: what a user has."""
+  import hashlib
+
+  if os.path.isfile(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+  return str(
+    sorted(
+      (os.path.relpath(os.path.join(d, f), path), digest(os.path.join(d, f)))
+      for d, _, fs in os.walk(path)
+      for f in fs
+    )
+  )
+
+
+@pytest.mark.parametrize(
+  "out,names",
+  [
+    ("{file}", ["--out={file} is the input --predict_file={file}"]),
+    ("{link}", ["is the input --predict_file"]),  # the same file through a symlink
+    ("{run}/config.json", ["belongs to the run in {run}"]),
+    ("{run}/metrics.jsonl", ["belongs to the run in {run}"]),
+  ],
+  ids=["input", "symlink to the input", "run config", "run metrics"],
+)
+def test_predictions_never_overwrite_inputs_or_runs(out, names, fake_runs, tmp_path, capsys):
+  """`--out` is refused, before anything is read or written, where it would destroy a file the
+  user has: the labelled input itself, or a run's files."""
+  data = tmp_path / "dev.tsv"
+  data.write_text("sentence\tlabel\na fine film\t1\n")
+  os.symlink(data, tmp_path / "link.tsv")
+  run = fake_runs["sst2"]
+  with open(os.path.join(run, "metrics.jsonl"), "a"):
+    pass
+  paths = dict(file=str(data), link=str(tmp_path / "link.tsv"), run=os.path.realpath(run))
+  before = digest(str(data)), digest(run)
+  argv = [f"--workdir={run}", f"--predict_file={data}", f"--out={out.format(**paths)}"]
+  code = eval_cli.run(["eval.py", *argv])
+  assert_refused(
+    code, capsys.readouterr().err, "eval.py: error:", *(n.format(**paths) for n in names)
+  )
+  assert (digest(str(data)), digest(run)) == before
+
+
 def test_eval_of_a_workdir_without_a_run(tmp_path, capsys):
   for workdir, name in [(tmp_path / "none", "no such directory"), (tmp_path, "holds no run")]:
     code = eval_cli.run(["eval.py", f"--workdir={workdir}"])
@@ -573,6 +617,23 @@ def test_eval_of_a_torn_config_json(data_dir, tmp_path, capsys):
 
 
 # export.py.
+
+
+def test_export_never_overwrites_a_run(fake_runs, tmp_path, capsys):
+  """`--out` may not be the exported run, a folder holding it, another run's workdir or a folder of
+  one: export writes config.json there, and the run would no longer resume."""
+  mlm, sst2 = (os.path.realpath(fake_runs[k]) for k in ("mlm", "sst2"))
+  cases = [
+    (mlm, "is the input --workdir"),
+    (os.path.dirname(mlm), "holds the input --workdir"),
+    (sst2, f"--out={sst2} is the run directory"),
+    (os.path.join(sst2, "checkpoints"), f"belongs to the run in {sst2}"),
+  ]
+  for out, name in cases:
+    before = digest(sst2), digest(mlm)
+    code = export_cli.run(["export.py", f"--workdir={mlm}", f"--out={out}"])
+    assert_refused(code, capsys.readouterr().err, name, "export.py: error:")
+    assert (digest(sst2), digest(mlm)) == before
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,15 @@ def test_figure3_sweeps_expand_to_the_papers_variants():
     "kv",
     "layerwise",
   ]
+  fig3 = [name for name, _, _ in sweep.variants("configs/pretrain.py:sweep=fig3,size=mini")]
+  assert fig3[:3] == [
+    "n=512,attention=full",
+    "n=512,k=128,sharing=none",
+    "n=512,k=128,sharing=layerwise",
+  ]
+  as_3a = {"n=512,attention=full"} | {f"n=512,k={k},sharing=none" for k in (64, 128, 256)}
+  as_3c = {f"n=512,k=128,sharing={s}" for s in ("none", "headwise", "kv", "layerwise")}
+  assert sorted(fig3) == sorted(as_3a | as_3c)  # 3a and 3c, the shared row once
   fig3d = sweep.variants("configs/pretrain.py:sweep=fig3d")
   assert [cfg for _, cfg, _ in fig3d][-1].endswith("n=4096,k=256")
 
