@@ -289,6 +289,12 @@ BAD_FILES = {
   "stsb.tsv": b"sentence1\tsentence2\tlabel\na\tb\t2.5\nc\td\t6\n",
   "one_label.tsv": b"text\tlabel\na\tx\nb\tx\n",
   "pairs.csv": b"premise,hypothesis,label\na,b,x\nc,d,y\n",
+  "pairs_dev.csv": b"premise,hypothesis,label\na,b,x\nc,d,y\n",
+  "good_dev.tsv": b"sentence\tlabel\ngood\t1\nbad\t0\n",
+  "one_label_dev.tsv": b"text\tlabel\na\tx\nb\tx\n",
+  "open_quote.csv": b'sentence,label\n"a film, with a comma,1\ngood,1\nbad,0\n',
+  "repeated.tsv": b"sentence\tsentence\tlabel\na\tb\t1\n",
+  "tabs.csv": b"sentence\tlabel\ngood\t1\n",
 }
 
 FILE_CASES = [
@@ -325,29 +331,29 @@ FILE_CASES = [
   ("files", ["validation={good.tsv}"], ["config.data.files.train"]),
   (
     "files",
-    ["train={one_label.tsv}", "validation={one_label.tsv}"],
+    ["train={one_label.tsv}", "validation={one_label_dev.tsv}"],
     ["one_label.tsv", "one label only"],
   ),
   (
     "files",
-    ["train={good.tsv}", "validation={good.tsv}"],
+    ["train={good.tsv}", "validation={good_dev.tsv}"],
     ["good.tsv", "no column 'text'", "sentence, label"],
   ),
   (
     "files",
-    ["train={pairs.csv}", "validation={pairs.csv}", "--config.data.text_fields=()"],
+    ["train={pairs.csv}", "validation={pairs_dev.csv}", "--config.data.text_fields=()"],
     ["config.data.text_fields"],
   ),
   (
     "files",
-    ["train={pairs.csv}", "validation={pairs.csv}", "--config.data.label_names=('x',)"],
+    ["train={pairs.csv}", "validation={pairs_dev.csv}", "--config.data.label_names=('x',)"],
     ["config.data.label_names"],
   ),
   (
     "files",
     [
       "train={pairs.csv}",
-      "validation={pairs.csv}",
+      "validation={pairs_dev.csv}",
       "--config.data.num_labels=3",
       "--config.data.label_names=('x','y')",
     ],
@@ -355,7 +361,7 @@ FILE_CASES = [
   ),
   (
     "files",
-    ["train={pairs.csv}", "validation={pairs.csv}", "--config.data.label_field=text"],
+    ["train={pairs.csv}", "validation={pairs_dev.csv}", "--config.data.label_field=text"],
     ["config.data.label_field='text'"],
   ),
   (
@@ -368,6 +374,19 @@ FILE_CASES = [
     ["train={good.tsv}", "--config.data.train_examples=-1"],
     ["config.data.train_examples=-1"],
   ),
+  (
+    "sst2",
+    ["train={root}/good*.tsv", "validation={good_dev.tsv}"],
+    ["config.data.files.train=", "config.data.files.validation=", "both match", "good_dev.tsv"],
+  ),
+  (
+    "sst2",
+    ["train={good.tsv}", "validation={good_dev.tsv}", "--config.data.train_examples=5000"],
+    ["config.data.train_examples=5000", "'train' has 2 examples", "at most 2"],
+  ),
+  ("sst2", ["train={open_quote.csv}"], ["open_quote.csv line 2", "a quote opens", "not closed"]),
+  ("sst2", ["train={repeated.tsv}"], ["repeated.tsv", "names the column 'sentence' 2 times"]),
+  ("sst2", ["train={tabs.csv}"], ["tabs.csv is tab-separated", "rename it .tsv"]),
 ]
 
 
@@ -377,7 +396,8 @@ def bad_files(tmp_path_factory):
   for name, data in BAD_FILES.items():
     (root / name).write_bytes(data)
   (root / "a_directory").mkdir()
-  return {**{name: str(root / name) for name in BAD_FILES}, "dir": str(root / "a_directory")}
+  paths = {name: str(root / name) for name in BAD_FILES}
+  return {**paths, "dir": str(root / "a_directory"), "root": str(root)}
 
 
 def file_flags(args, paths):

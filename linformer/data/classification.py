@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import types
 from collections.abc import Iterator, Sequence
 
@@ -199,13 +200,52 @@ def read_splits(spec: DatasetSpec) -> list[str]:
   return [spec.train_split, *(split for _, split in spec.eval_splits)]
 
 
-def check_dataset(spec: DatasetSpec, data_dir: str | None = None, files=None) -> None:
+def check_dataset(
+  spec: DatasetSpec,
+  data_dir: str | None = None,
+  files=None,
+  *,
+  train_examples: int = 0,
+  eval_examples: int = 0,
+) -> None:
   """What `build_classification_data` needs of the dataset, checked before a run writes
   anything: it is known, prepared (ListOps is generated if need be) and has the spec's
-  features, train split and eval splits; files are read whole (every row and label)."""
+  features, train split and eval splits; files are read whole (every row and label), no file
+  belongs to two splits, and a subset (`train_examples`, `eval_examples`) is no larger than
+  its split: a larger one is refused, not clamped, so that config.json records what ran."""
+  check_disjoint_files(files)
   builder = _Builder(spec, data_dir)
   for split in read_splits(spec):
-    open_split(spec, split, data_dir, builder, files)
+    source = open_split(spec, split, data_dir, builder, files)
+    field, size = (
+      ("train_examples", train_examples)
+      if split == spec.train_split
+      else ("eval_examples", eval_examples)
+    )
+    if size > len(source):
+      raise ConfigError(
+        f"config.data.{field}={size}: the split {split!r} has {len(source)} examples. Fix: "
+        f"at most {len(source)}, or 0 for all."
+      )
+
+
+def check_disjoint_files(files) -> None:
+  """A ConfigError naming both fields when two splits of config.data.files share a file (the
+  same file after globs and symlinks are resolved): the run would score what it trains on."""
+  owner = {}
+  for key, pattern in (files or {}).items():
+    if not pattern:
+      continue
+    for path in files_lib.expand(pattern, f"config.data.files.{key}"):
+      real = os.path.realpath(path)
+      if real in owner and owner[real][0] != key:
+        other, other_pattern = owner[real]
+        raise ConfigError(
+          f"config.data.files.{other}={other_pattern!r} and config.data.files.{key}="
+          f"{pattern!r} both match {path}: the run would score examples it trains on. Fix: "
+          "narrow the glob, or move the file."
+        )
+      owner[real] = (key, pattern)
 
 
 def complete_files_config(config_data) -> ml_collections.ConfigDict:

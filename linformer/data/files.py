@@ -169,16 +169,20 @@ def _parse(path: str, text: str, fmt: str, field: str) -> Table:
     reader = csv.reader(io.StringIO(text, newline=""))
   header = None
   rows, where = [], []
+  start = 1  # the line the row being read starts on (a quoted text may span lines)
   try:
     for row in reader:
+      first, start = start, reader.line_num + 1
       if not row or (len(row) == 1 and not row[0].strip()):
         continue  # blank lines
       if header is None:
         header = tuple(c.strip() for c in row)
-        if len(set(header)) != len(header) or not all(header):
-          raise _no_header(path, field, fmt, row)
+        _check_header(path, field, fmt, header, row)
         continue
       if len(row) != len(header):
+        if fmt == "csv" and reader.line_num > first:
+          at_end = reader.line_num >= text.rstrip("\n").count("\n") + 1
+          raise _open_quote(path, field, first, reader.line_num, at_end)
         raise ConfigError(
           f"{field}: {path} line {reader.line_num} has {len(row)} fields, the header has "
           f"{len(header)} ({', '.join(header)}). Fix: "
@@ -189,14 +193,40 @@ def _parse(path: str, text: str, fmt: str, field: str) -> Table:
           )
         )
       rows.append(dict(zip(header, row)))
-      where.append((path, reader.line_num))
+      where.append((path, first))
   except csv.Error as e:
+    if fmt == "csv" and "end of data" in str(e):  # a quote still open at the end of the file
+      raise _open_quote(path, field, start, reader.line_num, at_end=True) from None
     raise ConfigError(f"{field}: {path} line {reader.line_num}: {e}.") from None
   if not rows:
     raise ConfigError(
       f"{field}: {path} has a header line only, no examples. Fix: give a file with examples."
     )
   return Table(path, fmt, header, tuple(rows), tuple(where))
+
+
+def _check_header(path: str, field: str, fmt: str, header: tuple[str, ...], row) -> None:
+  repeated = sorted({c for c in header if c and header.count(c) > 1})
+  if repeated:
+    raise ConfigError(
+      f"{field}: {path} names the column {repeated[0]!r} {header.count(repeated[0])} times in "
+      f"its header line ({', '.join(header)}). Fix: name each column once."
+    )
+  if not all(header):
+    raise _no_header(path, field, fmt, row)
+  if fmt == "csv" and len(header) == 1 and "\t" in header[0]:
+    raise ConfigError(
+      f"{field}: {path} is tab-separated (its header is {_short(row)}, one column with tabs), "
+      "but named .csv, which is read comma-separated. Fix: rename it .tsv (or .tsv.gz)."
+    )
+
+
+def _open_quote(path: str, field: str, first: int, last: int, at_end: bool = False) -> ConfigError:
+  closes = "is not closed by the end of the file" if at_end else f"closes only on line {last}"
+  return ConfigError(
+    f"{field}: {path} line {first}: a quote opens in this row and {closes}. Fix: close the "
+    'quote, and write a quote inside a quoted text twice ("").'
+  )
 
 
 def _no_header(path: str, field: str, fmt: str, row) -> ConfigError:

@@ -496,7 +496,13 @@ def check_data(config, workdir: Workdir, has_source: bool = False):
       "tokenizer and weights are used), or config.data.tokenizer to a tokenizer.json to "
       "train from scratch."
     )
-  classification.check_dataset(spec, d.get("data_dir"), d.get("files"))
+  classification.check_dataset(
+    spec,
+    d.get("data_dir"),
+    d.get("files"),
+    train_examples=d.get("train_examples", 0),
+    eval_examples=d.get("eval_examples", 0),
+  )
   if discovered and _process_index() == 0:
     print(
       f"Labels read from {d.files[split_names(spec.train_split)[0]]}: "
