@@ -314,6 +314,36 @@ def test_an_older_runs_config_reads_back_with_what_it_ran(tmp_path):
   assert config.transfer_steps == 0 and config.distill.alpha == 0.0 and config.seed == 0
 
 
+def test_data_paths_stored_absolute(data_dir, tmp_path, monkeypatch):
+  """Relative data paths are stored absolute, so eval.py of the run finds its files from any
+  directory; a run saved with relative paths still resumes from where it was started."""
+  from tests.helpers import finetune_config
+
+  monkeypatch.chdir(tmp_path)
+  config = finetune_config("sst2", data_dir)
+  config.data.files.train = "data/train.tsv"
+  config.data.tokenizer = "~/tok.json"
+  absolute = checkpointing.absolute_data_paths(config)
+  assert absolute.data.files.train == str(tmp_path / "data" / "train.tsv")
+  assert absolute.data.files.validation == ""  # unset stays unset
+  assert absolute.data.tokenizer == os.path.expanduser("~/tok.json")
+  assert absolute.data.data_dir == data_dir and config.data.files.train == "data/train.tsv"
+
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(config.to_json_best_effort())  # relative, as older runs
+  (workdir / "checkpoints" / "2").mkdir(parents=True)
+  checkpointing.check_or_write_config(str(workdir), absolute)  # same files: resumes
+  assert json.loads((workdir / "config.json").read_text())["data"]["files"]["train"] == str(
+    tmp_path / "data" / "train.tsv"
+  )
+  (tmp_path / "elsewhere").mkdir()
+  monkeypatch.chdir(tmp_path / "elsewhere")
+  moved = checkpointing.absolute_data_paths(config)  # the same relative path, other files
+  with pytest.raises(checkpointing.ConfigError, match="data.files.train"):
+    checkpointing.check_or_write_config(str(workdir), moved)
+
+
 @pytest.mark.slow
 def test_fill_mask_prints_candidates(reference):
   workdir, _ = reference

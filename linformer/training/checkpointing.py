@@ -73,6 +73,55 @@ ADDED_FIELDS = {
 LATEST, BEST = "checkpoints", "best"
 
 
+# config.data fields that hold paths or globs, stored absolute (`absolute_data_paths`).
+DATA_PATH_FIELDS = (
+  "files",
+  "text_files_train_patterns",
+  "text_files_validation_patterns",
+  "tokenizer",
+  "data_dir",
+  "cache_dir",
+)
+
+
+def _is_data_path(key: str) -> bool:
+  parts = key.split(".")
+  return len(parts) >= 2 and parts[0] == "data" and parts[1] in DATA_PATH_FIELDS
+
+
+def _absolute(value):
+  if isinstance(value, str):
+    return os.path.abspath(os.path.expanduser(value)) if value else value
+  if isinstance(value, (list, tuple)):
+    return type(value)(_absolute(v) for v in value)
+  return value
+
+
+def absolute_data_paths(config):
+  """The config with every path of config.data made absolute, so that config.json names the
+  same files from any directory (eval.py or fine-tuning of the run started elsewhere)."""
+  d = config.data
+  changed = {}
+  for name in DATA_PATH_FIELDS:
+    value = d.get(name)
+    if hasattr(value, "items"):  # config.data.files: split -> path
+      new = {k: _absolute(v) for k, v in value.items()}
+      if new != dict(value):
+        changed[name] = new
+    elif _absolute(value) != value:
+      changed[name] = _absolute(value)
+  if not changed:
+    return config
+  config = config.copy_and_resolve_references()
+  for name, value in changed.items():
+    if hasattr(value, "items"):
+      for k, v in value.items():
+        config.data[name][k] = v
+    else:
+      config.data[name] = value
+  return config
+
+
 def make_manager(
   workdir: str, config=None, kind: str = LATEST, create: bool = True
 ) -> ocp.CheckpointManager:
@@ -178,6 +227,9 @@ def check_or_write_config(workdir: str, config) -> None:
   if saved is not None:
     new = _flatten(current)
     old = {**{k: v for k, v in ADDED_FIELDS.items() if k in new}, **_flatten(saved)}
+    # A run saved with relative data paths (before they were stored absolute) resumes from
+    # the directory it was started in.
+    old = {k: _absolute(v) if _is_data_path(k) else v for k, v in old.items()}
     allowed = lambda k: any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)
     differ = sorted(
       k

@@ -466,7 +466,8 @@ def check_data(config, workdir: Workdir, has_source: bool = False):
   config.data.data_dir), its splits and features exist, a pretraining corpus is text, and a
   fine-tuning run has a tokenizer; fine-tuning files are read whole. `has_source`:
   config.init_from gives weights and tokenizer. Returns the config with what the data decides
-  (dataset=files's labels, when read from its train file)."""
+  (dataset=files's labels, when read from its train file) and its data paths absolute."""
+  config = checkpointing.absolute_data_paths(config)
   d = config.data
   if config.task in PRETRAINING:
     try:
