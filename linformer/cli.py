@@ -138,6 +138,14 @@ def check_output(flag: str, value: str, inputs: dict[str, Sequence[str]] | None 
     )
 
 
+def check_output_absl(flag: str, value: str, inputs: dict[str, Sequence[str]] | None = None):
+  """`check_output` for the tools run by absl's `app.run` (the analyses): its usage error."""
+  try:
+    check_output(flag, value, inputs)
+  except UsageError as e:
+    raise app.UsageError(str(e)) from None
+
+
 def parse_mesh(text: str) -> dict[str, int]:
   """`--mesh=data=1,fsdp=1,tensor=1` as {axis: size}; omitted axes are 1."""
   sizes = {}

@@ -676,6 +676,30 @@ def test_bad_export_flags(argv, name, fake_runs, tmp_path, capsys):
   assert not os.path.exists(tmp_path / "new")
 
 
+def test_old_export_module_path_says_where_the_command_is(capsys):
+  """`python -m linformer.convert.export ...` (older docs) exits 2 naming export.py, not 0."""
+  import runpy
+
+  with pytest.raises(SystemExit) as exit_:
+    runpy.run_module("linformer.convert.export", run_name="__main__")
+  assert exit_.value.code == 2
+  assert_refused(2, capsys.readouterr().err, "python export.py --workdir=W --out=DIR")
+
+
+def test_analysis_outputs_never_overwrite_a_run(tmp_path):
+  """The analyses' --out is checked like eval.py's: a run's own file is refused, unchanged."""
+  run = tmp_path / "runs" / "a"
+  run.mkdir(parents=True)
+  (run / "config.json").write_text("{}")
+  (run / "metrics.jsonl").write_text('{"step": 1, "kind": "eval", "perplexity": 9.0}\n')
+  before = digest(str(run))
+  out = run_process(
+    ["-m", "linformer.analysis.curves", f"--runs={tmp_path}/runs/*", f"--out={run}/metrics.jsonl"]
+  )
+  assert out.returncode != 0 and "belongs to the run in" in out.stderr, out.stderr[-2000:]
+  assert digest(str(run)) == before
+
+
 # The same, end to end: real processes, their exit status and stderr.
 
 

@@ -18,6 +18,7 @@ import os
 
 from absl import app, flags
 
+from linformer.cli import check_output_absl
 from linformer.training.run_logs import read_metrics
 
 FLAGS = flags.FLAGS  # defined under __main__: importing this module defines no flags
@@ -171,6 +172,8 @@ def recovery_table(workdirs: list[str], at: int | None = None) -> str:
 def main(argv):
   del argv
   workdirs = [d for d in glob.glob(FLAGS.runs) if os.path.isdir(d)]
+  if FLAGS.out:
+    check_output_absl("--out", FLAGS.out, {"--runs": workdirs})
   data = curves(workdirs, FLAGS.metric)
   if not data:
     raise app.UsageError(f"No run with eval metrics matches --runs={FLAGS.runs!r}.")

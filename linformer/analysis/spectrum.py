@@ -38,6 +38,7 @@ from absl import app, flags
 from flax import nnx
 from tqdm import tqdm
 
+from linformer.cli import check_output_absl
 from linformer.config import ModelConfig
 from linformer.convert.hf_import import load_pretrained
 from linformer.data.sources import load_text_source
@@ -434,6 +435,10 @@ def main(argv):
   del argv
   if not FLAGS.out_dir:
     raise app.UsageError("--out_dir is required.")
+  inputs = {
+    name: [path] for name, path in (("--hf_dir", FLAGS.hf_dir), ("--workdir", FLAGS.workdir))
+  }
+  check_output_absl("--out_dir", FLAGS.out_dir, {k: v for k, v in inputs.items() if v[0]})
   try:
     run(
       out_dir=FLAGS.out_dir,

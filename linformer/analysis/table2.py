@@ -21,6 +21,7 @@ import os
 
 from absl import app, flags
 
+from linformer.cli import check_output_absl
 from linformer.training.run_logs import read_metrics
 
 FLAGS = flags.FLAGS  # defined under __main__: importing this module defines no flags
@@ -174,6 +175,7 @@ def main(argv):
   else:
     text = markdown(collect(workdirs))
   if FLAGS.out:
+    check_output_absl("--out", FLAGS.out, {"--runs": workdirs})
     with open(FLAGS.out, "w") as f:
       f.write(text + "\n")
   print(text)

@@ -222,3 +222,14 @@ def source_hf_config(run_config) -> dict | None:
   with open(file) as f:
     hf = json.load(f)
   return hf if hf.get("model_type") in MODEL_TYPES else None  # else a project run's config
+
+
+if __name__ == "__main__":  # older docs ran this module; the command is export.py now
+  import sys
+
+  print(
+    "linformer.convert.export: error: a library module, not a command; export a run with "
+    "`python export.py --workdir=W --out=DIR` from the repository root.",
+    file=sys.stderr,
+  )
+  sys.exit(2)
