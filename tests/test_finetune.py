@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from flax import nnx
 
 from configs import finetune
 from linformer.config import ConfigError
@@ -63,6 +64,37 @@ def test_dataset_trains_and_reports_every_metric(dataset, pretrained, data_dir, 
   assert checkpointing.make_manager(
     str(tmp_path), result["trainer"].task.config, checkpointing.BEST
   ).all_steps() == [2]
+
+
+@pytest.mark.slow
+def test_finetuning_with_buckets_equals_without(pretrained, data_dir, tmp_path):
+  """Without dropout (whose masks are drawn per the batch's shape), a bucketed run's losses,
+  evaluation and parameters equal the run padded to n, to float32 tolerance (1e-5)."""
+  results = {}
+  for buckets in ("none", "auto"):
+    config = finetune_config(
+      "sst2",
+      data_dir,
+      pretrained,
+      **{
+        "data.length_buckets": buckets,
+        "model.dropout_rate": 0.0,
+        "model.attention_dropout_rate": 0.0,
+      },
+    )
+    with mock_tfds():
+      results[buckets] = train_and_evaluate(config, str(tmp_path / buckets))
+  none, auto = results["none"], results["auto"]
+  task = auto["trainer"].task
+  with mock_tfds():
+    widths = {task.fit_batch(b)["input_ids"].shape[1] for b in task.eval_batches("validation")}
+  assert min(widths) < 64, widths  # the batches were cut
+  assert none["train"]["loss"] == pytest.approx(auto["train"]["loss"], abs=1e-5)
+  for key, value in none["eval"].items():
+    assert auto["eval"][key] == pytest.approx(value, abs=1e-5), key
+  flat = lambda r: jax.tree.leaves(nnx.state(r["trainer"].model(r["state"])))
+  for a, b in zip(flat(none), flat(auto), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -45,6 +45,10 @@ value.
     `linformer.data.encoding`).
   head_tokens: tokens kept from the start by 'head_tail' (128).
   pair_template: 'auto' (from the tokenizer), 'bert' or 'roberta'.
+  length_buckets: 'auto' (powers of two from 16 up to n), 'none' (every
+    batch padded to n) or lengths such as '64,128': each batch (training,
+    evaluation, prediction) is cut to the smallest length holding its longest
+    example. Results are unchanged (padding is exact); only the work shrinks.
   strip_markup: markup tags such as IMDB's `<br />` become spaces before
     tokenizing (False); as the pretraining run's config.data.strip_markup.
   listops_config: builder config of the listops dataset: 'default' (LRA
@@ -94,6 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
       "head_tokens": 128,
       "pair_template": "auto",
       "strip_markup": False,
+      "length_buckets": "auto",
       "listops_config": "default",
       "num_workers": 0,
       "files": {split: "" for split in SPLITS},

@@ -62,6 +62,11 @@ class Task(abc.ABC):
   def eval_batches(self, split: str) -> Iterable[Mapping[str, np.ndarray]]:
     """This process's batches of an eval split, one pass, full size (padded, zero weight)."""
 
+  def fit_batch(self, batch: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """A host batch as the model runs it (train, eval and prediction); fine-tuning cuts it to
+    its length bucket. Every host must return the same shapes."""
+    return batch
+
   def num_eval_batches(self, split: str) -> int | None:
     """How many batches `eval_batches(split)` gives, for the progress bar; None: unknown."""
     return None

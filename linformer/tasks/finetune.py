@@ -8,12 +8,14 @@ the host from every example's prediction, with the functions in `linformer.finet
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from linformer import finetune_metrics as metrics_lib
 from linformer import flops
@@ -90,6 +92,21 @@ class FinetuneTask(Task):
   def train_iterator(self):
     return self.data.train_iter
 
+  @functools.cached_property
+  def length_buckets(self) -> tuple[int, ...]:
+    m = self.config.model
+    multiple = m.lsh_chunk_len if m.attention == "lsh" else 1  # LSH sorts whole chunks
+    setting = self.config.data.get("length_buckets", "none")
+    return encoding.length_buckets(setting, m.max_len, multiple)
+
+  def fit_batch(self, batch):
+    """The batch cut to the smallest length bucket that holds its longest example, the same
+    on every host (config.data.length_buckets)."""
+    width = encoding.bucket_width(batch["attention_mask"], self.length_buckets)
+    if jax.process_count() > 1:
+      width = int(np.max(multihost_utils.process_allgather(np.int32(width))))
+    return encoding.cut_to(batch, width)
+
   def num_train_examples(self):
     return self.data.num_train_examples
 
@@ -163,7 +180,7 @@ class FinetuneTask(Task):
       pair_template=self.config.data.pair_template,
       strip_markup=self.config.data.get("strip_markup", False),
     )
-    logits = np.asarray(self._logits(model, batch, True, None))
+    logits = np.asarray(self._logits(model, self.fit_batch(batch), True, None))
     return {"task": self.spec.name, **self.predictions(logits)[0]}
 
   def predictions(self, logits: np.ndarray) -> list[dict]:

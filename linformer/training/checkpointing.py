@@ -68,6 +68,7 @@ ADDED_FIELDS = {
   # Pretraining from JSON lines / CSV files, and markup stripping.
   "data.text_field": "text",
   "data.strip_markup": False,
+  "data.length_buckets": "none",  # every batch was padded to n
 }
 
 LATEST, BEST = "checkpoints", "best"

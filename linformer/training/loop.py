@@ -132,7 +132,7 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
       run_logs.record_eval(workdir, 0, result["eval"], None)
       bar.write(f"step 0: {_eval_line(result['eval'])}")
     for step in range(start + 1, end + 1):
-      batch = next(train_iter)
+      batch = task.fit_batch(next(train_iter))
       state, metrics = trainer.step_fn(step)(state, partitioning.global_batch(batch, mesh))
       meter.add(metrics, task.tokens_in(batch) * jax.process_count())
       bar.update(1)

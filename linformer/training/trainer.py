@@ -347,7 +347,8 @@ def eval_outputs(
     for i, batch in enumerate(batches):
       if 0 <= num_batches <= i:
         break
-      out = trainer.eval_step(state, partitioning.global_batch(batch, trainer.mesh))
+      batch = partitioning.global_batch(trainer.task.fit_batch(batch), trainer.mesh)
+      out = trainer.eval_step(state, batch)
       outputs.append(jax.tree.map(np.asarray, out))
       bar.update(1)
   return outputs

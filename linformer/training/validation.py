@@ -365,6 +365,7 @@ def _check_finetune_data(config) -> None:
       f"use one of {encoding.PAIR_TEMPLATES}",
     )
   _integer(config, "data.head_tokens", 0, "e.g. 128")
+  encoding.length_buckets(d.get("length_buckets", "none"), config.model.max_len)
   _check_files_fields(config, spec)
   _check_common_data(config)
 
