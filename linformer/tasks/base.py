@@ -114,8 +114,9 @@ class Task(abc.ABC):
     return None
 
   @abc.abstractmethod
-  def train_flops_per_sequence(self, cfg: ModelConfig) -> float:
-    """Model FLOPs of one training sequence (forward and backward; `linformer.flops`)."""
+  def train_flops_per_sequence(self, cfg: ModelConfig, n: int | None = None) -> float:
+    """Model FLOPs of one training sequence of n tokens (None: the model's max_len), forward and
+    backward (`linformer.flops`)."""
 
   def tokens_in(self, batch) -> int:
     """Real tokens in a batch, for tokens/s."""

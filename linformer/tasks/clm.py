@@ -44,8 +44,8 @@ class CausalLMTask(MaskedLMTask):
   def make_model(self, cfg, rngs):
     return model_lib.CausalLM(cfg, rngs=rngs)
 
-  def train_flops_per_sequence(self, cfg):
-    return sum(flops.train_flops(cfg, cfg.max_len, "clm").values())
+  def train_flops_per_sequence(self, cfg, n=None):
+    return sum(flops.train_flops(cfg, n or cfg.max_len, "clm").values())
 
   def loss(self, model, batch, *, deterministic, rngs):
     h = model.encoder(

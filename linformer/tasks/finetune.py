@@ -110,10 +110,9 @@ class FinetuneTask(Task):
   def num_train_examples(self):
     return self.data.num_train_examples
 
-  def train_flops_per_sequence(self, cfg):
-    return sum(
-      flops.train_flops(cfg, cfg.max_len, "finetune", num_labels=self.spec.num_labels).values()
-    )
+  def train_flops_per_sequence(self, cfg, n=None):
+    n = n or cfg.max_len  # a length bucket's batches do the work of n tokens a sequence
+    return sum(flops.train_flops(cfg, n, "finetune", num_labels=self.spec.num_labels).values())
 
   def eval_splits(self):
     return list(self.spec.eval_split_names)

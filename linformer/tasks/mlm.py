@@ -79,8 +79,8 @@ class MaskedLMTask(Task):
   def train_iterator(self):
     return self.data.train_iter
 
-  def train_flops_per_sequence(self, cfg):
-    d, n = self.config.data, cfg.max_len
+  def train_flops_per_sequence(self, cfg, n=None):
+    d, n = self.config.data, n or cfg.max_len
     m = d.max_predictions or default_max_predictions(n, d.mask_prob)
     return sum(flops.train_flops(cfg, n, "mlm", m).values())
 

@@ -9,10 +9,12 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
 from linformer.config import ConfigError, resolve_dtype
@@ -110,10 +112,10 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
   start = int(state.step)
   end = total_steps if until_step is None else min(until_step, total_steps)
   writer = MetricWriter(workdir)
-  meter = TrainMeter(
-    task,
-    config.batch_size * task.train_flops_per_sequence(trainer.model_cfg),
-    peak_flops(config, mesh),
+  meter = TrainMeter(task, peak_flops(config, mesh))
+  # Model FLOPs of a step, by the batch's length (fine-tuning's length buckets vary it).
+  step_flops = functools.cache(
+    lambda n: config.batch_size * task.train_flops_per_sequence(trainer.model_cfg, n)
   )
   last_good = latest
   result: dict[str, Any] = {}
@@ -134,7 +136,8 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
     for step in range(start + 1, end + 1):
       batch = task.fit_batch(next(train_iter))
       state, metrics = trainer.step_fn(step)(state, partitioning.global_batch(batch, mesh))
-      meter.add(metrics, task.tokens_in(batch) * jax.process_count())
+      width = np.shape(batch["input_ids"])[1]
+      meter.add(metrics, task.tokens_in(batch) * jax.process_count(), step_flops(width))
       bar.update(1)
       is_last = step == end
       transfer_ends = step == trainer.transfer_steps

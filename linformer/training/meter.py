@@ -20,16 +20,18 @@ class TrainMeter:
 
   The train step computes a `finite` flag on the device and keeps its previous state when a step
   is not finite, so a diverged state never exists, let alone gets saved; the first fetch after it
-  names the step. `flops_per_step / peak` turns steps/s into model FLOPs utilisation (`mfu`).
+  names the step. The steps' model FLOPs over the time and `peak` is the model FLOPs utilisation
+  (`mfu`).
   """
 
-  def __init__(self, task, flops_per_step: float = 0.0, peak: float = 0.0):
-    self.task, self.pending, self.tokens, self.start = task, [], 0, time.time()
-    self.flops_per_step, self.peak = flops_per_step, peak
+  def __init__(self, task, peak: float = 0.0):
+    self.task, self.pending, self.tokens, self.flops, self.start = task, [], 0, 0.0, time.time()
+    self.peak = peak
 
-  def add(self, metrics, tokens):
+  def add(self, metrics, tokens: int, flops: float = 0.0):
     self.pending.append(metrics)
     self.tokens += tokens
+    self.flops += flops
 
   def check(self, step: int, last_good: int | None) -> list[dict]:
     """Fetches the pending metrics; raises at the first step that was not finite."""
@@ -64,8 +66,8 @@ class TrainMeter:
       seconds=elapsed,  # wall time since the last record (evaluations between included)
     )
     if self.peak:
-      summary["mfu"] = len(fetched) * self.flops_per_step / elapsed / self.peak
-    self.pending, self.tokens, self.start = [], 0, time.time()
+      summary["mfu"] = self.flops / elapsed / self.peak
+    self.pending, self.tokens, self.flops, self.start = [], 0, 0.0, time.time()
     return summary
 
 
