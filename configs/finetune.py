@@ -65,6 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.init_from = ""  # a pretraining workdir; empty: train from scratch
   config.model = base.model
+  # Fine-tuning regularises with BERT's dropout, also after a recipe pretrained without it (mini).
+  config.model.dropout_rate = config.model.attention_dropout_rate = 0.1
   config.data = datasets.default_config()
   config.data.dataset = dataset
   config.data.tokenizer = ""  # tokenizer.json for from-scratch runs (ListOps has its own)

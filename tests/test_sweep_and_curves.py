@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import sweep
@@ -265,3 +266,25 @@ def test_recovery_table_compares_at_equal_mlm_steps_after_transfer(tmp_path):
     "| 300.0 | 250.0 (100) | 200.0 | 150.0 (400) | 0.200 | 0.200 (from 0.500): 0.10 / 0.30 "
     "| 3.0 min |" in table  # 4 windows of 45 s, transfer and MLM
   )
+
+
+def test_bag_of_words_baseline_reads_the_files_as_fine_tuning_does(tmp_path):
+  """The Table 2 baseline reads a dataset's own columns (IMDB's JSON lines, markup stripped)
+  and scores a held-out file: words that decide the label make it exact."""
+  from linformer.analysis import bow_baseline
+
+  rng = np.random.default_rng(0)
+  lines = []
+  for i in range(60):
+    label = i % 2
+    words = rng.choice(["plot", "actor", "scene", "music", "film"], 6).tolist()
+    words.insert(3, "wonderful<br />" if label else "dreadful<br />")
+    lines.append(json.dumps({"text": " ".join(words), "label": label, "id": i}))
+  (tmp_path / "train.jsonl").write_text("\n".join(lines[:40]) + "\n")
+  (tmp_path / "test.jsonl").write_text("\n".join(lines[40:]) + "\n")
+  train = bow_baseline.read("imdb", str(tmp_path / "train.jsonl"), strip=True)
+  assert len(train[0]) == 40 and "<br />" not in train[0][0] and set(train[1]) == {0, 1}
+  scores = bow_baseline.fit_and_score(
+    train, bow_baseline.read("imdb", str(tmp_path / "test.jsonl"), True)
+  )
+  assert scores["accuracy"] == 1.0 and scores["eval_examples"] == 20
