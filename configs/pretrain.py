@@ -106,7 +106,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     max_len=n, num_layers=s.layers, hidden_size=s.hidden, num_heads=s.heads, mlp_dim=s.mlp,
     attention=args.get("attention", "linformer"), k=k, sharing=args.get("sharing", "none"),
     projection=args.get("projection", "learned"),
-    projection_init="normal",  # normal | pool (learned E/F start as mean pooling)
+    # How learned E/F start: normal N(0, 1/n) | pool (mean pooling over n/k windows) | auto
+    # (pool when they are new over attention imported from a HF checkpoint, else normal).
+    projection_init="auto",
     causal=False, segment_len=0,  # decoders: configs/clm.py
     dropout_rate=s.dropout, attention_dropout_rate=s.dropout, activation_dropout_rate=0.0,
     pre_ln=s.pre_ln, layer_norm_eps=1e-5,

@@ -17,7 +17,7 @@ import jax
 ATTENTION_KINDS = ("linformer", "full", "lsh")
 SHARING_MODES = ("none", "headwise", "kv", "layerwise")
 PROJECTIONS = ("learned", "random", "mean_pool", "max_pool", "conv")
-PROJECTION_INITS = ("normal", "pool")
+PROJECTION_INITS = ("normal", "pool", "auto")  # auto: resolved by the run (loop.py)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
 # What a rematerialized layer (remat=True) keeps from its forward pass for the backward pass

@@ -144,11 +144,17 @@ def test_fill_mask_on_an_uptrained_run_accepts_the_tokenizers_mask(uptrained):
 
 
 @pytest.mark.slow
-def test_finetune_straight_from_a_hf_directory(hf_dir, data_dir, tmp_path):
+def test_finetune_straight_from_a_hf_directory(hf_dir, data_dir, tmp_path, capsys):
+  """A Linformer fine-tuned from a BERT directory: E and F, new over the imported attention,
+  start as mean pooling without a flag (projection_init='auto'), said at start and recorded."""
   config = finetune_config("sst2", data_dir, hf_dir)
+  assert config.model.attention == "linformer" and config.model.projection_init == "auto"
   with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
     result = train_and_evaluate(config, str(tmp_path))
   assert int(result["state"].step) == 2
+  assert "they start as mean pooling" in capsys.readouterr().out
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["model"]["projection_init"] == "pool"
   with open(tmp_path / warm_start.RECORD_FILE) as f:
     record = json.load(f)
   assert all(name.startswith("encoder/") for name in record["imported"])

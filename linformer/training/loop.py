@@ -30,9 +30,43 @@ def _eval_line(metrics) -> str:
   return ", ".join(f"eval {k} {v:.4g}" for k, v in metrics.items() if "/layer" not in k)
 
 
-def _concrete_model(config):
-  """config.model.dtype='auto' and scan_layers=None made concrete for this platform and depth,
-  so config.json records what ran (and a resume with another layer layout is refused)."""
+def _projection_init(config, source, workdir: str) -> str:
+  """config.model.projection_init, with 'auto' made concrete: E and F that are new weights over
+  attention imported from a full-attention checkpoint (a HF directory) start as mean pooling,
+  close to the attention they replace; random N(0, 1/n) projections would scramble it. A run
+  resumed keeps what it started with."""
+  asked = config.model.get("projection_init", "normal")
+  if asked != "auto":
+    return asked
+  if checkpointing.latest_step(workdir) is not None:
+    saved = checkpointing.load_config(workdir)  # older runs: ADDED_FIELDS' 'normal'
+    return saved.model.get("projection_init", "normal")
+  m = config.model
+  new_over_imported = (
+    source is not None
+    and source.kind == warm_start.HUGGINGFACE
+    and m.attention == "linformer"
+    and m.projection in ("learned", "random")
+  )
+  if not new_over_imported:
+    return "normal"
+  if jax.process_index() == 0:
+    print(
+      f"E and F are new weights over the attention of {source.path}: they start as mean pooling "
+      "over windows of n/k positions (config.model.projection_init='auto'; 'normal' for "
+      "N(0, 1/n))."
+    )
+  return "pool"
+
+
+def _concrete_model(config, source=None, workdir: str = ""):
+  """config.model.dtype='auto', scan_layers=None and projection_init='auto' made concrete for
+  this platform, depth and source, so config.json records what ran (and a resume with another
+  layer layout is refused)."""
+  init = _projection_init(config, source, workdir)
+  if init != config.model.get("projection_init", "normal"):
+    config = config.copy_and_resolve_references()
+    config.model.projection_init = init
   asked = config.model.get("dtype", "float32")
   dtype = resolve_dtype(asked, jax.default_backend())
   scan = validation.check_model(config).scanned
@@ -63,7 +97,7 @@ def train_and_evaluate(config, workdir: str, *, until_step: int | None = None) -
     config = source.apply_to(config)
     validation.check_model(config)  # the widths the checkpoint fixes
   config = validation.check_data(config, run, has_source=source is not None)
-  config = _concrete_model(config)
+  config = _concrete_model(config, source, workdir)
   task = get_task(config)
   os.makedirs(workdir, exist_ok=True)
   checkpointing.check_or_write_config(workdir, config)
