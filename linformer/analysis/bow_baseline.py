@@ -54,6 +54,7 @@ def fit_and_score(train, evaluation, seed: int = 0) -> dict:
       l1_ratios=(0.0,),  # plain L2, said explicitly (scikit-learn's defaults are changing)
       max_iter=2000,
       random_state=seed,
+      use_legacy_attributes=True,  # C_ as an array, as scikit-learn 1.9 (pinned) documents
     ),
   )
   model.fit(*train)
