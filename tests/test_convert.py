@@ -335,6 +335,27 @@ def test_export_import_round_trip_is_exact(case, tmp_path):
     np.testing.assert_array_equal(np.asarray(var.get_value()), params[("encoder",) + path])
 
 
+def test_export_of_a_classifier_says_transformers_drops_its_head(tmp_path):
+  """A fine-tuned classifier's head has no HF name here: it is kept under linformer.tree.* (read
+  back exactly) and config.json's notes say transformers would start a new classifier."""
+  from linformer.model import SequenceClassifier
+
+  cfg = ModelConfig(**SMALL, attention="full")
+  rng = np.random.default_rng(0)
+  state = nnx.split(nnx.eval_shape(lambda: SequenceClassifier(cfg, 2, rngs=nnx.Rngs(0))))[1]
+  params = {p: rng.normal(size=v.shape).astype(np.float32) for p, v in nnx.to_flat_state(state)}
+  params[("encoder", *names.VOCAB_ROWS[0][1:])][VOCAB:] = 0
+  write_tokenizer(tmp_path / "tok" / "tokenizer.json", "roberta")
+  config = export.export_dir(
+    str(tmp_path / "out"), params, cfg, "roberta", tokenizer_dir=str(tmp_path / "tok")
+  )
+  notes = config["linformer"]["transformers_load"]
+  assert len(notes) == 1 and "AutoModelForSequenceClassification" in notes[0]
+  assert any(
+    name.startswith("linformer.tree.cls_out") for name in read_safetensors(str(tmp_path / "out"))
+  )
+
+
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_full_attention_export_loads_in_transformers(model_type, tmp_path):
   """A post-LN full-attention model exported is exact in transformers: the names are right."""

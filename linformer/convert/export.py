@@ -92,9 +92,18 @@ def export_params(
   return {n: np.ascontiguousarray(v, np.float32) for n, v in out.items()}
 
 
-def transformers_load_notes(cfg: ModelConfig, model_type: str, sentencepiece: bool) -> list[str]:
+def transformers_load_notes(
+  cfg: ModelConfig, model_type: str, sentencepiece: bool, classifier: bool = False
+) -> list[str]:
   """What `transformers.AutoModel*.from_pretrained(out)` would get wrong; [] when it is exact."""
   notes = []
+  if classifier:
+    notes.append(
+      "a fine-tuned classifier: its head (cls_dense, cls_out) is written as linformer.tree.cls_* "
+      "tensors, which transformers ignores, so AutoModelForSequenceClassification would put a "
+      "new, untrained classifier on the encoder; load the whole model with "
+      "linformer.convert.hf_import, or predict with eval.py on the run."
+    )
   if cfg.attention == "linformer":
     notes.append(
       "attention='linformer': transformers ignores the linformer.* E/F tensors and "
@@ -128,6 +137,7 @@ def hf_config(
   head: bool = True,
   sentencepiece: bool = False,
   source: dict | None = None,
+  classifier: bool = False,
 ) -> dict:
   """config.json: the HF BERT/RoBERTa fields plus the project's model under `linformer`."""
   ids = dict(pad_token_id=0, bos_token_id=None, eos_token_id=None)
@@ -161,7 +171,7 @@ def hf_config(
       **cfg.to_dict(),
       "format_version": FORMAT_VERSION,
       "tokenizer": SENTENCEPIECE_FILE if sentencepiece else TOKENIZER_FILE,
-      "transformers_load": transformers_load_notes(cfg, model_type, sentencepiece),
+      "transformers_load": transformers_load_notes(cfg, model_type, sentencepiece, classifier),
       **({"source": source} if source else {}),
     },
   }
@@ -202,6 +212,7 @@ def export_dir(
     head=_has_head(params, model_type, cfg),
     sentencepiece=sentencepiece,
     source=source,
+    classifier=any(str(path[0]).startswith("cls_") for path in params),
   )
   os.makedirs(out, exist_ok=True)
   save_file(tensors, os.path.join(out, WEIGHTS_FILE), metadata={"format": "pt"})
