@@ -145,6 +145,11 @@ def test_two_processes_match_one(data_dir, tmp_path):
   params = [jax.tree.map(np.asarray, restore.restore_run(w)[2].params) for w in (single, multi)]
   for x, y in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1]), strict=True):
     np.testing.assert_allclose(y, x, atol=2e-5)
+  # Read back without a target by one process (export.py, init_from of a run): no topology error.
+  manager = checkpointing.make_manager(multi, None, create=False)
+  raw = checkpointing.restore_raw(manager, manager.latest_step())["params"]
+  values = lambda tree: sorted(np.asarray(x).ravel().tolist() for x in jax.tree.leaves(tree))
+  assert values(raw) == values(params[1])
 
 
 @pytest.mark.slow

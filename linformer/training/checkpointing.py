@@ -155,8 +155,19 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
 
 def restore_raw(manager: ocp.CheckpointManager, step: int) -> dict:
   """A checkpoint's train state as nested dicts of arrays, without a target structure: for
-  taking parts of another run (the encoder of a pretraining run)."""
-  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  taking parts of another run (the encoder of a pretraining run). Each array is read whole
+  onto this process's first device, whatever the mesh and process count that wrote it (orbax
+  refuses a restore without a target on another topology)."""
+  path = os.path.join(str(manager.directory), str(step), "state")
+  metadata = ocp.StandardCheckpointer().metadata(path)
+  tree = getattr(metadata, "item_metadata", metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device) if hasattr(a, "shape") else a,
+    tree,
+  )
+  args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+  return manager.restore(step, args=args)["state"]
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict:
