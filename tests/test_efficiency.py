@@ -595,3 +595,22 @@ def test_train_throughput_script_smoke(tmp_path):
   expected = 2 * sum(flops.train_flops(cfg, 64, "mlm", math.ceil(0.15 * 64)).values()) / 1e9
   assert float(row["model_gflop_per_step"]) == pytest.approx(expected, rel=1e-3)
   assert float(row["model_gflop_per_step"]) < float(row["xla_gflop_per_step"])
+
+
+@pytest.mark.slow
+def test_length_bucket_benchmark_runs_both_ways(tmp_path):
+  """benchmarks/length_buckets.py at its smallest: the same batches padded to n and bucketed,
+  timed side by side, with the shapes the buckets compiled."""
+  import importlib.util
+
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "length_buckets.py")
+  spec = importlib.util.spec_from_file_location("length_buckets", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  out = tmp_path / "buckets.md"
+  argv = ["--data", "sst2", "--n", "64", "--attention", "full", "--size", "tiny", "--batch", "4"]
+  assert bench.main([*argv, "--batches", "2", "--rounds", "1", "--out", str(out)]) == 0
+  row = [line for line in out.read_text().splitlines() if line.startswith("| sst2")]
+  assert len(row) == 1 and "x** |" in row[0]
+  shapes = [int(v) for v in row[0].rstrip(" |").rsplit("|", 1)[1].split(",")]
+  assert shapes and max(shapes) < 64  # SST-2 lengths never needed the whole n
