@@ -41,6 +41,7 @@ def export_run(
     model_type,
     tokenizer_dir=tokenizer_dir if os.path.isdir(tokenizer_dir) else None,
     source={"workdir": os.path.abspath(workdir), "step": int(step), "task": config.get("task")},
+    later_positions=export.source_later_positions(config, cfg),
   )
 
 

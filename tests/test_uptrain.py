@@ -124,6 +124,26 @@ def test_export_then_init_from_gives_identical_weights_and_outputs(
 
 
 @pytest.mark.slow
+def test_export_keeps_the_checkpoints_later_positions(hf_dir, data_dir, tmp_path):
+  """A run at n = 16 from the 32-position BERT exports 32 positions: its own 16 as trained, then
+  the checkpoint's rows 16-31 unchanged (the run never saw those positions)."""
+  import export as export_cli
+  from linformer.convert.hf_import import read_safetensors
+
+  config = uptrain_config(hf_dir, data_dir, arg="n=16,k=4,steps=1,batch=4,freeze=0")
+  done = flat(train_and_evaluate(config, str(tmp_path / "run"))["state"].params)
+  out = str(tmp_path / "exported")
+  assert export_cli.run(["export.py", f"--workdir={tmp_path / 'run'}", f"--out={out}"]) == 0
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["max_position_embeddings"] == 32  # a BERT: no offset rows
+  name = "bert.embeddings.position_embeddings.weight"
+  exported, source = read_safetensors(out)[name], read_safetensors(hf_dir)[name]
+  ours = next(v for k, v in done.items() if k[-2:] == ("position", "embedding"))
+  np.testing.assert_array_equal(exported[:16], ours)
+  np.testing.assert_array_equal(exported[16:], source[16:])
+
+
+@pytest.mark.slow
 def test_fill_mask_on_an_uptrained_run_accepts_the_tokenizers_mask(uptrained):
   workdir = uptrained[0]
   out = subprocess.run(

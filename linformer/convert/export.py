@@ -59,10 +59,12 @@ def export_params(
   model_type: str = "bert",
   *,
   pad_token_id: int = 0,
+  later_positions: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
   """{HF tensor name: float32 array} of a `MaskedLM(cfg)` flat parameter mapping (the paths of
   `nnx.to_flat_state`, fixed variables included). With an MLM head the names are those of
-  `BertForMaskedLM` / `RobertaForMaskedLM`, without one those of `BertModel` / `RobertaModel`."""
+  `BertForMaskedLM` / `RobertaForMaskedLM`, without one those of `BertModel` / `RobertaModel`.
+  `later_positions`: rows for positions max_len, max_len + 1, ... appended to the model's."""
   if model_type not in MODEL_TYPES:
     raise ValueError(f"model_type={model_type!r}: use one of {MODEL_TYPES}.")
   names.check_convertible(cfg)
@@ -79,7 +81,8 @@ def export_params(
     value = params[t.path]
     if t.path == names.POSITIONS:
       offset = position_offset(model_type, pad_token_id)
-      value = np.concatenate([np.zeros((offset, c), value.dtype), value])
+      later = np.zeros((0, c), value.dtype) if later_positions is None else later_positions
+      value = np.concatenate([np.zeros((offset, c), value.dtype), value, later.astype(value.dtype)])
     out[("" if t.head else prefix) + t.name] = t.to_hf(value)
   if not cfg.type_vocab_size:
     out[prefix + "embeddings.token_type_embeddings.weight"] = np.zeros((1, c), np.float32)
@@ -138,8 +141,10 @@ def hf_config(
   sentencepiece: bool = False,
   source: dict | None = None,
   classifier: bool = False,
+  positions: int | None = None,
 ) -> dict:
-  """config.json: the HF BERT/RoBERTa fields plus the project's model under `linformer`."""
+  """config.json: the HF BERT/RoBERTa fields plus the project's model under `linformer`.
+  `positions`: rows of the position table (None: the model's max_len)."""
   ids = dict(pad_token_id=0, bos_token_id=None, eos_token_id=None)
   if tokenizer is not None:
     ids = dict(
@@ -157,7 +162,8 @@ def hf_config(
     "hidden_act": "gelu_new" if cfg.gelu_approximate else "gelu",
     "hidden_dropout_prob": cfg.dropout_rate,
     "attention_probs_dropout_prob": cfg.attention_dropout_rate,
-    "max_position_embeddings": cfg.max_len + position_offset(model_type, ids["pad_token_id"]),
+    "max_position_embeddings": (positions or cfg.max_len)
+    + position_offset(model_type, ids["pad_token_id"]),
     "type_vocab_size": max(cfg.type_vocab_size, 1),
     "initializer_range": 0.02,
     "layer_norm_eps": cfg.layer_norm_eps,
@@ -185,9 +191,11 @@ def export_dir(
   *,
   tokenizer_dir: str | None = None,
   source: dict | None = None,
+  later_positions: np.ndarray | None = None,
 ) -> dict:
   """Writes model.safetensors, config.json and the tokenizer of `tokenizer_dir` (a run's saved
-  tokenizer directory, or a tokenizer.json) to `out`; returns the config written."""
+  tokenizer directory, or a tokenizer.json) to `out`; returns the config written.
+  `later_positions` (`source_later_positions`): position rows beyond the model's max_len."""
   from safetensors.numpy import save_file
 
   tokenizer, sentencepiece, tok_src = None, False, None
@@ -204,7 +212,10 @@ def export_dir(
         " embedding rows: they do not belong together."
       )
   pad = tokenizer.pad_id if tokenizer is not None else 0
-  tensors = export_params(params, cfg, model_type, pad_token_id=pad)
+  tensors = export_params(
+    params, cfg, model_type, pad_token_id=pad, later_positions=later_positions
+  )
+  extra = 0 if later_positions is None else len(later_positions)
   config = hf_config(
     cfg,
     model_type,
@@ -213,6 +224,7 @@ def export_dir(
     sentencepiece=sentencepiece,
     source=source,
     classifier=any(str(path[0]).startswith("cls_") for path in params),
+    positions=cfg.max_len + extra,
   )
   os.makedirs(out, exist_ok=True)
   save_file(tensors, os.path.join(out, WEIGHTS_FILE), metadata={"format": "pt"})
@@ -222,6 +234,25 @@ def export_dir(
     name = SENTENCEPIECE_FILE if sentencepiece else TOKENIZER_FILE
     shutil.copyfile(tok_src, os.path.join(out, name))
   return config
+
+
+def source_later_positions(run_config, cfg: ModelConfig) -> np.ndarray | None:
+  """The position rows of the HF checkpoint a run started from (`config.init_from`) beyond the
+  run's n, or None: the run never saw those positions, so they are the checkpoint's unchanged,
+  and an export that carries them keeps every position the model was given (a run at n = 256
+  from a 512-position BERT exports 512)."""
+  hf = source_hf_config(run_config)
+  if hf is None:
+    return None
+  from linformer.convert import hf_config as hf_fields
+  from linformer.convert.hf_import import read_safetensors
+
+  offset = hf_fields.position_offset(hf)
+  if hf["max_position_embeddings"] - offset <= cfg.max_len:
+    return None
+  tensors = read_safetensors(run_config.init_from)
+  name = next(n for n in tensors if n.endswith("embeddings.position_embeddings.weight"))
+  return np.asarray(tensors[name][offset + cfg.max_len :], np.float32)
 
 
 def source_hf_config(run_config) -> dict | None:
