@@ -31,6 +31,7 @@ MAY_CHANGE = (
   "max_checkpoints_to_keep",
   "mesh",
   "data.num_workers",
+  "data.length_buckets",  # the work per batch, not the results (padding is exact)
   "async_checkpointing",
   "init_from",
   "model.attention_impl",
@@ -68,7 +69,7 @@ ADDED_FIELDS = {
   # Pretraining from JSON lines / CSV files, and markup stripping.
   "data.text_field": "text",
   "data.strip_markup": False,
-  "data.length_buckets": "none",  # every batch was padded to n
+  "data.length_buckets": "none",  # every batch was padded to n (may change on resume)
 }
 
 LATEST, BEST = "checkpoints", "best"
