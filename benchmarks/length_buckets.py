@@ -21,6 +21,8 @@ examples/s. Results go to benchmarks/results/length_buckets_<platform>.md.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import statistics
 import sys
 import time
@@ -42,13 +44,16 @@ VOCAB = 8000
 
 
 def finetune_config(arg: str):
-  """configs/finetune.py's config (configs/ is not in the package: imported from the checkout)."""
-  root = str(Path(__file__).resolve().parents[1])
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  from configs import finetune
-
-  return finetune.get_config(arg)
+  """configs/finetune.py's config. configs/ is not in the installed package, and finetune.py
+  imports configs.pretrain, so the checkout's configs/ is registered as the package `configs`."""
+  folder = Path(__file__).resolve().parents[1] / "configs"
+  if "configs" not in sys.modules:
+    spec = importlib.util.spec_from_file_location(
+      "configs", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    sys.modules["configs"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules["configs"])
+  return importlib.import_module("configs.finetune").get_config(arg)
 
 
 def lengths(data: str, count: int, n: int, seed: int = 0) -> np.ndarray:
