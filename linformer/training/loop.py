@@ -38,9 +38,6 @@ def _projection_init(config, source, workdir: str) -> str:
   asked = config.model.get("projection_init", "normal")
   if asked != "auto":
     return asked
-  if checkpointing.latest_step(workdir) is not None:
-    saved = checkpointing.load_config(workdir)  # older runs: ADDED_FIELDS' 'normal'
-    return saved.model.get("projection_init", "normal")
   m = config.model
   new_over_imported = (
     source is not None
@@ -50,6 +47,12 @@ def _projection_init(config, source, workdir: str) -> str:
   )
   if not new_over_imported:
     return "normal"
+  # Files only, no orbax manager: every process of a multi-host run passes here at its own pace,
+  # and a manager would enter a barrier the others are not at.
+  saved = checkpointing.read_saved_config(workdir)
+  checkpoints = os.path.join(workdir, checkpointing.LATEST)
+  if saved is not None and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    return saved.get("model", {}).get("projection_init", "normal")  # older runs: 'normal'
   if jax.process_index() == 0:
     print(
       f"E and F are new weights over the attention of {source.path}: they start as mean pooling "
